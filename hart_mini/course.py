@@ -1,0 +1,87 @@
+"""Student versions of the notebooks: solutions out, stubs in (`python -m hart_mini course student OUT`).
+
+The course notebooks are the one source. A code cell tagged `solution` is an exercise answer:
+- if it holds a `### BEGIN SOLUTION` ... `### END SOLUTION` block, only that block is replaced, so the
+  function signature and docstring stay for the student;
+- otherwise the whole cell is replaced.
+The stub raises `NotImplementedError`. Student notebooks are written without outputs or execution counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The course map: notebook, what it teaches, time on a 2-core CPU (cpu preset) and on one GPU (gpu preset).
+COURSE_MAP = (
+    ("00_welcome", "The environment, the course map and HART's idea in one figure", "2 min", "1 min"),
+    ("01_toyshapes", "Procedural text-to-image data with fine detail; captions, labels, spectra", "3 min", "2 min"),
+    ("02_vector_quantization", "VQ from scratch: nearest code, straight-through, codebook collapse", "planned", ""),
+    ("03_multiscale_residual_vq", "VAR's multi-scale residual quantizer, scale by scale", "planned", ""),
+    ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous", "planned", ""),
+    ("05_next_scale_transformer", "Next-scale prediction, block-causal mask, KV cache, CFG", "planned", ""),
+    ("06_diffusion_from_scratch", "DDPM on points and latent vectors; what fewer steps do", "planned", ""),
+    ("07_residual_diffusion_head", "Why residuals are easy; the MLP head; 8 vs 50 steps", "planned", ""),
+    ("08_hart_end_to_end", "The assembled HART: prompts to images, with and without the head", "planned", ""),
+    ("09_ablations", "Head on/off, full-token head, diffusion-early vs -last, steps, CFG", "planned", ""),
+    ("10_efficiency", "Where sampling time goes; the '9x faster' claim at toy scale", "planned", ""),
+    ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, torchrun; the full GPU run", "planned", ""),
+)
+
+SOLUTION_TAG = "solution"
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+STUB = 'raise NotImplementedError("Exercise: write your solution here")'
+
+
+def strip_solution(source: str) -> str:
+    """Replace the solution block(s) of one cell's source with a stub."""
+    lines = source.splitlines()
+    if not any(line.strip() == BEGIN for line in lines):
+        return "# YOUR CODE HERE\n" + STUB
+    out, inside = [], False
+    for line in lines:
+        if line.strip() == BEGIN:
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(indent + STUB)
+            inside = True
+        elif line.strip() == END:
+            if not inside:
+                raise ValueError(f"'{END}' without '{BEGIN}' in a solution cell:\n{source}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"'{BEGIN}' without '{END}' in a solution cell:\n{source}")
+    return "\n".join(out)
+
+
+def student_notebook(notebook: dict) -> dict:
+    """A copy of a notebook (nbformat JSON) with solutions stubbed and every output cleared."""
+    nb = json.loads(json.dumps(notebook))
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if SOLUTION_TAG in cell.get("metadata", {}).get("tags", []):
+            source = strip_solution(source)
+        cell["source"] = source
+        cell["outputs"], cell["execution_count"] = [], None
+    return nb
+
+
+def write_student_notebooks(src: str | Path, out: str | Path) -> list[Path]:
+    """Write a student version of every notebook in `src` to `out`; returns the written paths."""
+    src, out = Path(src), Path(out)
+    notebooks = sorted(src.glob("*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"no notebooks (*.ipynb) in {str(src)!r}")
+    if out.resolve() == src.resolve():
+        raise ValueError("the output folder must differ from the course notebooks' folder")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in notebooks:
+        nb = student_notebook(json.loads(path.read_text(encoding="utf-8")))
+        target = out / path.name
+        target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(target)
+    return written

@@ -1,0 +1,71 @@
+"""Seeding, and picking the device and dtype: the few lines every notebook and trainer starts with.
+
+Nothing here calls `.cuda()` on its own: the caller names a device ("cpu", "cuda", "cuda:1", "mps") or
+asks for "auto", which takes CUDA, then Apple's MPS, then the CPU.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from hart_mini.config import require
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (every device); return a CPU generator seeded the same way."""
+    require(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda, else mps, else cpu. An explicit name is checked, with a clear error if missing."""
+    require(isinstance(name, str) and name != "", "device", name, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device={name!r} is invalid: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} is invalid: CUDA is not available on this machine (try 'auto')")
+    if device.type == "mps" and not mps_available():
+        raise ValueError(f"device={name!r} is invalid: MPS is not available on this machine (try 'auto')")
+    return device
+
+
+def autocast_dtype(device: torch.device, name: str = "auto") -> torch.dtype | None:
+    """The mixed-precision dtype for training on `device`: bf16 on CUDA that supports it, else None (fp32).
+
+    CPU autocast exists but its speed-up depends on the processor, so 'auto' keeps fp32 there.
+    """
+    require(name in ("auto", "fp32", "bf16", "fp16"), "precision", name, "'auto', 'fp32', 'bf16' or 'fp16'")
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def describe_device(device: torch.device) -> str:
+    """One human line: which device, and its name where torch knows it."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"

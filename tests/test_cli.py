@@ -1,0 +1,38 @@
+"""The command line: --help everywhere, JSON on stdout, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hart_mini.cli import build_parser, main
+
+COMMANDS = [[], ["data", "preview"], ["demo"], ["course", "student"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(command + ["--help"])
+    assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_data_preview_writes_png_and_json(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["data", "preview", "--preset", "smoke", "--n", "3", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert out.stat().st_size > 0 and result["n"] == 3 and len(result["captions"]) == 3
+
+
+def test_demo_runs_as_a_module(tmp_path):
+    out = tmp_path / "demo.png"
+    proc = subprocess.run([sys.executable, "-m", "hart_mini", "demo", "--preset", "smoke", "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout)["out"] == str(out) and out.is_file()
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+    assert main(["data", "preview", "--n", "0", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: indices=[] is invalid") and "Traceback" not in err

@@ -1,0 +1,37 @@
+"""Configs validate themselves; presets and the HART_MINI_PRESET variable."""
+
+import pytest
+
+from hart_mini.config import DataConfig, get_preset
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
+def test_presets_build(name):
+    preset = get_preset(name)
+    assert preset.name == name and preset.data.image_size == (64 if name == "gpu" else 32)
+
+
+def test_env_variable_selects_default_preset(monkeypatch):
+    monkeypatch.setenv("HART_MINI_PRESET", "gpu")
+    assert get_preset().name == "gpu"
+    monkeypatch.delenv("HART_MINI_PRESET")
+    assert get_preset().name == "cpu"
+    monkeypatch.setenv("HART_MINI_PRESET", "laptop")
+    with pytest.raises(ValueError, match="HART_MINI_PRESET='laptop' is invalid: expected one of"):
+        get_preset()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"image_size": 48}, "image_size=48 is invalid: expected 32 or 64"),
+    ({"seed": -1}, "seed=-1 is invalid"),
+    ({"train_size": 0}, "train_size=0 is invalid"),
+    ({"p_two_objects": 1.5}, r"p_two_objects=1.5 is invalid: expected a number in \[0, 1\]"),
+])
+def test_bad_values_name_field_value_and_what_is_valid(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**kwargs)
+
+
+def test_unknown_preset_name():
+    with pytest.raises(ValueError, match="preset='huge' is invalid"):
+        get_preset("huge")
