@@ -1,9 +1,10 @@
 """ToyShapes, a procedural text-to-image dataset, and a folder dataset for your own images.
 
 Nothing is downloaded: image `i` of a split is a pure function of `(seed, split, i)`, so it is the same
-on every machine. Each image holds 1-2 objects drawn with anti-aliased edges, a texture and a noisy,
-graded background, because HART's residual tokens only have something to learn when images carry fine
-detail the discrete tokens lose.
+on every machine. Each image holds 1-2 objects drawn with anti-aliased edges and a texture, on a graded
+background with a fine mottled pattern (a random field on a 2-px grid) and a little pixel noise. HART's
+residual tokens only have something to learn when images carry fine detail that discrete tokens lose but a
+continuous latent can keep: textures and mottling finer than one token (4 px) are exactly that.
 
     a scene  = 1-2 objects, each (shape, colour, size, texture, position) + a relation for two objects
     caption  = "a large red striped circle at the top left"
@@ -50,7 +51,9 @@ LABEL_DIM = 2 * len(OBJECT_FIELDS) + 1  # two object slots + the relation
 _CELL_CENTRES = (0.18, 0.5, 0.82)  # centre of grid row/column, as a fraction of the image side
 _RADIUS = (0.105, 0.15)  # object radius per size, as a fraction of the image side
 _JITTER = 0.015  # +- centre jitter, fraction of the side
-_NOISE_STD = 0.035  # per-pixel Gaussian noise on the whole image, in [0, 1] units
+_NOISE_STD = 0.01  # per-pixel Gaussian noise on the whole image, in [0, 1] units
+_MOTTLE_STD = (0.035, 0.012)  # a smooth random field: luminance, and per channel
+_MOTTLE_SPACING = 2  # pixels between the field's grid points at 32 px (scaled with the image size)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,17 @@ def texture_pattern(texture: int, px: np.ndarray, py: np.ndarray, phase: np.ndar
     return np.ones_like(px)
 
 
+def mottle(grid: np.ndarray, image_size: int) -> np.ndarray:
+    """Bilinear upsampling of random values on a coarse grid (B, g, g, 3) -> a smooth field (B, H, W, 3)."""
+    g = grid.shape[1]
+    pos = (np.arange(image_size, dtype=np.float32) + 0.5) * (g - 1) / image_size  # pixel centre in grid units
+    lo = np.minimum(pos.astype(int), g - 2)
+    frac = pos - lo
+    M = np.zeros((image_size, g), dtype=np.float32)  # (H, g) interpolation weights
+    M[np.arange(image_size), lo], M[np.arange(image_size), lo + 1] = 1 - frac, frac
+    return np.einsum("hg,bgkc,wk->bhwc", M, grid, M, optimize=True)
+
+
 def render(scenes: list[Scene], noise: np.ndarray, image_size: int) -> np.ndarray:
     """Draw scenes; noise (B, H, W, 3) is added last. Returns uint8 (B, H, W, 3)."""
     size = image_size
@@ -236,13 +250,17 @@ class ToyShapes(torch.utils.data.Dataset):
         """uint8 images (B, H, W, 3) and their scenes for a list of indices."""
         indices = list(indices)
         require(len(indices) >= 1, "indices", indices, "at least one image index")
-        scenes, noise = [], []
-        shape = (self.config.image_size, self.config.image_size, 3)
+        scenes, noise, grids = [], [], []
+        size = self.config.image_size
+        g = 32 // _MOTTLE_SPACING + 1  # the mottle's grid points per side, the same for 32 and 64 px
         for i in indices:
             rng = self._rng(i)
             scenes.append(sample_scene(rng, self.config.p_two_objects))
-            noise.append(rng.normal(0.0, _NOISE_STD, size=shape).astype(np.float32))
-        return render(scenes, np.stack(noise), self.config.image_size), scenes
+            noise.append(rng.normal(0.0, _NOISE_STD, size=(size, size, 3)).astype(np.float32))
+            grids.append((rng.normal(0.0, _MOTTLE_STD[0], size=(g, g, 1))
+                          + rng.normal(0.0, _MOTTLE_STD[1], size=(g, g, 3))).astype(np.float32))
+        detail = np.stack(noise) + mottle(np.stack(grids), size)  # (B, H, W, 3)
+        return render(scenes, detail, size), scenes
 
     def batch(self, indices) -> dict:
         """image (B, 3, H, W) float in [-1, 1], caption (list of B str), labels (B, LABEL_DIM) int64."""
