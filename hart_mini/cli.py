@@ -1,8 +1,13 @@
 """The command line: `python -m hart_mini COMMAND ...`. Every command has --help and prints JSON.
 
-    data preview   a captioned grid of ToyShapes images
-    demo           what the course builds, in one picture
-    course student student notebooks with the solutions removed
+    data preview     a captioned grid of ToyShapes images
+    demo             what the course builds, in one picture
+    train tokenizer  both tokenizer stages, resumable (--resume) and chunkable (--max-minutes)
+    train hart       the next-scale transformer on a frozen tokenizer's tokens
+    sample           prompts -> a grid of images from a trained or shipped HART
+    eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
+    ship KIND        copy a trained model into data/ and record it in the manifest
+    course student   student notebooks with the solutions removed
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from hart_mini.config import PRESET_NAMES, default_preset_name, get_preset
+from hart_mini.config import HEAD_MODES, PRESET_NAMES, default_preset_name, get_preset
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -56,11 +61,113 @@ def cmd_demo(args) -> dict:
     })
 
 
+def command_line() -> str:
+    """The command as typed, for manifests: `python -m hart_mini ...`."""
+    return "python -m hart_mini " + " ".join(sys.argv[1:])
+
+
+def resolve_tokenizer(ckpt: Path | None, preset: str, device: str):
+    """A tokenizer from --ckpt (file or training folder), else the shipped one for the preset."""
+    from hart_mini import pretrained
+    from hart_mini.runtime import pick_device
+    from hart_mini.tokenizer import HybridTokenizer
+
+    device = pick_device(device)
+    if ckpt is None:
+        return pretrained.load("tokenizer", preset, device), f"shipped tokenizer ({preset})"
+    path = ckpt / "tokenizer.safetensors" if ckpt.is_dir() else ckpt
+    return HybridTokenizer.from_file(path, device), str(path)
+
+
+def cmd_train_tokenizer(args) -> dict:
+    from hart_mini.train import train_tokenizer
+
+    result = train_tokenizer(get_preset(args.preset), args.out, args.resume, args.device, args.max_minutes,
+                             command_line())
+    return emit({"preset": args.preset, "out": str(args.out), **result})
+
+
+def cmd_train_hart(args) -> dict:
+    from hart_mini.train import train_hart
+
+    mode = "off" if args.no_residual_head else args.mode
+    result = train_hart(get_preset(args.preset), args.out, args.tokenizer, args.resume, args.device,
+                        args.max_minutes, command_line(), mode)
+    return emit({"preset": args.preset, "out": str(args.out), **result})
+
+
+def resolve_hart(ckpt: Path | None, preset: str, device: str):
+    from hart_mini import pretrained
+    from hart_mini.hart import HART
+    from hart_mini.runtime import pick_device
+
+    device = pick_device(device)
+    if ckpt is None:
+        shipped = get_preset(preset).shipped
+        return pretrained.load("hart", shipped, device), f"shipped HART ({shipped})"
+    path = ckpt / "hart.safetensors" if ckpt.is_dir() else ckpt
+    return HART.from_file(path, device), str(path)
+
+
+def cmd_sample(args) -> dict:
+    from hart_mini import viz
+
+    model, source = resolve_hart(args.ckpt, args.preset, args.device)
+    prompts = [args.prompt] * args.n if args.prompt else model_prompts(model, args.n)
+    images = model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                            sampling_steps=args.steps, seed=args.seed, use_head=not args.no_head)
+    path = viz.save(viz.image_grid(images * 2 - 1, prompts, ncols=min(8, len(prompts))), args.out)
+    return emit({"out": str(path), "model": source, "mode": model.mode, "prompts": prompts, "cfg": args.cfg,
+                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "head": not args.no_head,
+                 "steps": args.steps or model.head_cfg.sampling_steps})
+
+
+def model_prompts(model, n: int) -> list[str]:
+    """n held-out ToyShapes captions, for sampling without --prompt."""
+    from hart_mini.config import DataConfig
+    from hart_mini.data import ToyShapes
+
+    return ToyShapes(DataConfig(image_size=model.tokenizer.cfg.image_size), "test").batch(range(n))["caption"]
+
+
+def cmd_eval_tokenizer(args) -> dict:
+    from hart_mini import checkpoint
+    from hart_mini.data import ToyShapes
+    from hart_mini.evaluate import evaluate_tokenizer
+
+    tokenizer, source = resolve_tokenizer(args.ckpt, args.preset, args.device)
+    preset = get_preset(args.preset)
+    if tokenizer.cfg.image_size != preset.data.image_size:
+        raise ValueError(f"the tokenizer takes {tokenizer.cfg.image_size} px images but preset {args.preset!r} "
+                         f"draws {preset.data.image_size} px ones; pass the matching --preset")
+    data = ToyShapes(preset.data, "test", size=max(args.n, 1))
+    result = {"tokenizer": source, "split": "test", **evaluate_tokenizer(tokenizer, data, args.n)}
+    if args.json:
+        checkpoint.write_json(args.json, result)
+    return emit(result)
+
+
+def cmd_ship(args) -> dict:
+    import json
+
+    from hart_mini import pretrained
+
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    return emit(pretrained.ship(args.kind, args.preset, args.ckpt, args.command, metrics))
+
+
 def cmd_course_student(args) -> dict:
     from hart_mini.course import write_student_notebooks
 
     written = write_student_notebooks(args.notebooks, args.outdir)
     return emit({"out": str(args.outdir), "notebooks": [p.name for p in written]})
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop cleanly at a checkpoint after this long; continue later with --resume")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +188,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(p)
     p.add_argument("--out", type=Path, default=Path("hart_mini_demo.png"), help="PNG to write")
     p.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="action", required=True)
+    p = train.add_parser("tokenizer", help="train the hybrid tokenizer: stage (a) autoencoder + VQ, (b) decoder")
+    add_preset(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
+    add_run_options(p)
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = train.add_parser("hart", help="train HART's transformer on the tokens of a frozen tokenizer")
+    add_preset(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer file or training folder (default: the preset's shipped tokenizer)")
+    p.add_argument("--mode", choices=HEAD_MODES, default=None,
+                   help="residual head: off, last (HART, the preset default), full (MAR-style), early")
+    p.add_argument("--no-residual-head", action="store_true", help="the discrete-only model (same as --mode off)")
+    add_run_options(p)
+    p.set_defaults(func=cmd_train_hart)
+
+    p = sub.add_parser("sample", help="generate a captioned grid of images")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
+    p.add_argument("--prompt", default=None, help="one prompt for all images (default: held-out captions)")
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (0 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps of the head (default: the model's, 8)")
+    p.add_argument("--no-head", action="store_true", help="skip the residual head: the discrete-only image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_sample)
+
+    evaluate = sub.add_parser("eval", help="measure a model").add_subparsers(dest="action", required=True)
+    p = evaluate.add_parser("tokenizer", help="PSNR/MSE of both paths, codebook usage, perplexity, HF ratio")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help="tokenizer file or training folder (default: shipped)")
+    p.add_argument("--n", type=int, default=1000, help="number of held-out test images")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_eval_tokenizer)
+
+    p = sub.add_parser("ship", help="copy a trained model into data/ and record it in data/manifest.json")
+    p.add_argument("kind", choices=("tokenizer", "hart"), help="what the file holds")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, required=True, help="the trained .safetensors file")
+    p.add_argument("--metrics", type=Path, default=None, help="JSON file of metrics to record (from eval)")
+    p.add_argument("--command", required=True, help="the exact command that trained it")
+    p.set_defaults(func=cmd_ship)
 
     course = sub.add_parser("course", help="instructor tools").add_subparsers(dest="action", required=True)
     p = course.add_parser("student", help="write student notebooks (solution cells replaced by stubs)")

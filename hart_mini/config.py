@@ -47,26 +47,220 @@ class DataConfig:
         require(0.0 <= self.p_two_objects <= 1.0, "p_two_objects", self.p_two_objects, "a number in [0, 1]")
 
 
+SCALES_32 = (1, 2, 3, 4, 6, 8)  # 8x8 latent at 32 px: L = 130 tokens
+SCALES_64 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's 256-px schedule, 16x16 latent at 64 px: L = 680
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The hybrid tokenizer: conv autoencoder (downsample 4) + multi-scale residual VQ (see tokenizer.py)."""
+
+    image_size: int = 32  # H = W of the images it encodes
+    channels: int = 64  # conv width at full resolution; doubled at the 8x8 / 16x16 latent grid
+    res_blocks: int = 2  # residual blocks at the latent grid (one more at half resolution)
+    latent_channels: int = 16  # C: dimension of the latent and of every codebook vector
+    codebook_size: int = 512  # V: one codebook shared by every scale
+    scales: tuple[int, ...] = SCALES_32  # pn_1..pn_K, coarse to fine; the last equals the latent grid
+    phi_convs: int = 2  # shared 3x3 phi convs, picked by relative depth k / (K - 1)
+    phi_blend: float = 0.5  # phi(z) = (1 - blend) z + blend conv(z); 0 switches phi off
+    # Commitment weight, beta ||f - sg(f_hat_k)|| at every scale k. VAR uses 0.25; at toy scale that pulls
+    # f towards the coarse f_hat_k and wipes out the detail the residual should carry (measured: a 1.2 dB
+    # continuous-vs-discrete gap at 0.25, 1.5 dB at 0.01, same steps), so we use 0.01.
+    beta: float = 0.01
+    dead_code_threshold: float = 0.03  # restart codes used less than this share of the average code
+    # Stage (a): chance that an image decodes from f instead of f_hat (straight-through). VAR: 0. We use 0.5,
+    # so the encoder learns to keep fine detail in f from the start (HART_NOTES 3: "initialise from a
+    # continuous AE"); it lifted both paths by about 1 dB in our trials.
+    p_continuous_a: float = 0.5
+    decoder_mode: str = "alternating"  # stage (b): alternating | separate | continuous
+    p_discrete: float = 0.5  # stage (b): chance that the decoder sees the discrete latent
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 4
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(pn * pn for pn in self.scales)  # L = sum(pn^2)
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(self.scales))  # JSON round trips give lists
+        require(self.image_size in (32, 64), "image_size", self.image_size, "32 or 64")
+        require(_is_int(self.channels) and self.channels >= 8 and self.channels % 8 == 0, "channels",
+                self.channels, "a multiple of 8 (GroupNorm uses 8 groups)")
+        require(_is_int(self.res_blocks) and self.res_blocks >= 0, "res_blocks", self.res_blocks, "an integer >= 0")
+        require(_is_int(self.latent_channels) and self.latent_channels >= 1, "latent_channels",
+                self.latent_channels, "an integer >= 1")
+        require(_is_int(self.codebook_size) and self.codebook_size >= 2, "codebook_size", self.codebook_size,
+                "an integer >= 2")
+        ok = (len(self.scales) >= 1 and all(_is_int(p) and p >= 1 for p in self.scales)
+              and list(self.scales) == sorted(set(self.scales)) and self.scales[-1] == self.latent_size)
+        require(ok, "scales", self.scales, f"strictly increasing integers ending at the latent size {self.latent_size}")
+        require(_is_int(self.phi_convs) and self.phi_convs >= 1, "phi_convs", self.phi_convs, "an integer >= 1")
+        require(0.0 <= self.phi_blend <= 1.0, "phi_blend", self.phi_blend, "a number in [0, 1]")
+        require(self.beta >= 0, "beta", self.beta, "a number >= 0")
+        require(0 <= self.dead_code_threshold < 1, "dead_code_threshold", self.dead_code_threshold, "in [0, 1)")
+        require(0.0 <= self.p_continuous_a <= 1.0, "p_continuous_a", self.p_continuous_a, "a number in [0, 1]")
+        require(self.decoder_mode in ("alternating", "separate", "continuous"), "decoder_mode", self.decoder_mode,
+                "'alternating', 'separate' or 'continuous'")
+        require(0.0 <= self.p_discrete <= 1.0, "p_discrete", self.p_discrete, "a number in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The next-scale AR transformer and its tiny text encoder (see transformer.py, text.py)."""
+
+    width: int = 128  # D
+    depth: int = 4  # AdaLN transformer blocks
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    text_len: int = 16  # T: captions are left-padded to this many words
+    text_depth: int = 2  # blocks of the text encoder
+    position: str = "absolute"  # absolute | rope (2-D, coordinates normalised to the finest grid)
+    cond_dropout: float = 0.1  # share of captions dropped in training, for classifier-free guidance
+
+    def __post_init__(self):
+        for name in ("width", "depth", "num_heads", "text_len"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 1, name, value, "an integer >= 1")
+        require(_is_int(self.text_depth) and self.text_depth >= 0, "text_depth", self.text_depth, "an integer >= 0")
+        require(self.width % self.num_heads == 0, "num_heads", self.num_heads, f"a divisor of width={self.width}")
+        if self.position == "rope":
+            require((self.width // self.num_heads) % 4 == 0, "num_heads", self.num_heads,
+                    "a value that leaves a head dimension divisible by 4 (2-D RoPE)")
+        require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a number > 0")
+        require(self.position in ("absolute", "rope"), "position", self.position, "'absolute' or 'rope'")
+        require(0.0 <= self.cond_dropout < 1.0, "cond_dropout", self.cond_dropout, "a number in [0, 1)")
+
+
+HEAD_MODES = ("off", "last", "full", "early")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The residual diffusion head and how HART uses it (see diffusion.py, hart.py).
+
+    mode: off   discrete tokens only (VAR; HART's "HART-VAR" ablation)
+          last  HART: the head predicts the last scale's residual, given h and the sampled token
+          full  MAR-style: the head predicts the whole last-scale latent, given h only
+          early the head corrects every scale, and its output feeds the next scale's input
+    """
+
+    mode: str = "last"
+    width: int = 64  # W of the MLP
+    depth: int = 3  # residual blocks
+    freq_dim: int = 64  # sinusoidal features of t
+    prediction: str = "v"  # v | eps: what the head predicts (v was stable with 8 DDIM steps, eps diverged)
+    sampler: str = "ddim"  # ddim | ddpm
+    train_steps: int = 1000  # T of the cosine schedule
+    sampling_steps: int = 8
+    batch_mul: int = 4  # noise draws per (target, condition) pair in the loss
+    loss_weight: float = 1.0  # lambda: loss = CE + lambda * diffusion loss
+    sampled_tokens: bool = True  # condition on r_K sampled from the model's own logits (HART); False: truth
+
+    def __post_init__(self):
+        require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
+        for name in ("width", "depth", "batch_mul", "sampling_steps"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 1, name, value, "an integer >= 1")
+        require(_is_int(self.freq_dim) and self.freq_dim >= 2 and self.freq_dim % 2 == 0, "freq_dim",
+                self.freq_dim, "an even integer >= 2")
+        require(_is_int(self.train_steps) and self.train_steps >= 2, "train_steps", self.train_steps,
+                "an integer >= 2")
+        require(self.sampling_steps <= self.train_steps, "sampling_steps", self.sampling_steps,
+                f"at most train_steps={self.train_steps}")
+        require(self.prediction in ("v", "eps"), "prediction", self.prediction, "'v' or 'eps'")
+        require(self.sampler in ("ddim", "ddpm"), "sampler", self.sampler, "'ddim' or 'ddpm'")
+        require(self.loss_weight >= 0, "loss_weight", self.loss_weight, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (any model): optimisation, schedule, checkpoints."""
+
+    steps: int = 1000  # optimisation steps
+    batch_size: int = 64
+    lr: float = 1e-3  # peak learning rate (AdamW), after a linear warm-up, then cosine decay to lr_min
+    lr_min: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 switches clipping off
+    ema: float = 0.0  # EMA decay of the weights used for sampling; 0 = off (short runs: 0.99-0.999)
+    checkpoint_every: int = 200  # steps between checkpoints (and figures)
+    log_every: int = 10  # steps between history entries
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 1, name, value, "an integer >= 1")
+        require(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps,
+                "an integer >= 0")
+        require(self.lr > 0, "lr", self.lr, "a number > 0")
+        require(0 <= self.lr_min <= self.lr, "lr_min", self.lr_min, f"a number in [0, lr={self.lr}]")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        require(0 <= self.ema < 1, "ema", self.ema, "a number in [0, 1) (0 = off)")
+        require(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+
 @dataclass(frozen=True)
 class Preset:
     """All configs for one budget. Later components add their config here."""
 
     name: str
     data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer_train: TrainConfig = field(default_factory=TrainConfig)  # stage (a): autoencoder + VQ
+    decoder_train: TrainConfig = field(default_factory=TrainConfig)  # stage (b): decoder fine-tune
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    hart_train: TrainConfig = field(default_factory=TrainConfig)
+    shipped: str = "cpu"  # which shipped models in data/ this preset uses ("smoke" trains on cpu's tokenizer)
 
     def __post_init__(self):
         require(self.name in PRESET_NAMES, "name", self.name, f"one of {PRESET_NAMES}")
+        require(self.shipped in PRESET_NAMES, "shipped", self.shipped, f"one of {PRESET_NAMES}")
+        require(self.tokenizer.image_size == self.data.image_size, "tokenizer.image_size",
+                self.tokenizer.image_size, f"the data's image_size {self.data.image_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def _build(name: str) -> Preset:
-    if name == "smoke":
-        return Preset(name, data=DataConfig(image_size=32, train_size=2_000))
-    if name == "cpu":
-        return Preset(name, data=DataConfig(image_size=32, train_size=50_000))
-    return Preset(name, data=DataConfig(image_size=64, train_size=200_000))
+    if name == "smoke":  # seconds: tiny widths, a handful of steps
+        return Preset(
+            name, data=DataConfig(image_size=32, train_size=2_000),
+            tokenizer=TokenizerConfig(channels=16, res_blocks=1, latent_channels=8, codebook_size=64),
+            tokenizer_train=TrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, checkpoint_every=15),
+            decoder_train=TrainConfig(steps=10, batch_size=16, lr=1e-3, warmup_steps=2, checkpoint_every=10),
+            transformer=TransformerConfig(width=32, depth=2, num_heads=2, text_depth=1),
+            head=HeadConfig(width=16, depth=1, freq_dim=16),
+            hart_train=TrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, checkpoint_every=15),
+        )
+    if name == "cpu":  # a laptop: each stage within minutes on 2 cores
+        return Preset(
+            name, data=DataConfig(image_size=32, train_size=50_000),
+            tokenizer=TokenizerConfig(channels=64, latent_channels=16, codebook_size=512),
+            tokenizer_train=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=200),
+            decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
+            transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=2),
+            hart_train=TrainConfig(steps=2800, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
+                                   ema=0.995, weight_decay=0.05),
+        )
+    return Preset(  # one GPU: 64 px, VAR's 256-px scale schedule
+        name, data=DataConfig(image_size=64, train_size=200_000),
+        tokenizer=TokenizerConfig(image_size=64, channels=96, latent_channels=32, codebook_size=1024,
+                                  scales=SCALES_64, phi_convs=4),
+        tokenizer_train=TrainConfig(steps=6000, batch_size=256, lr=2e-3, warmup_steps=200, checkpoint_every=500),
+        decoder_train=TrainConfig(steps=1500, batch_size=256, lr=5e-4, warmup_steps=50, checkpoint_every=500),
+        transformer=TransformerConfig(width=256, depth=8, num_heads=8, text_depth=2),
+        head=HeadConfig(width=192, depth=3, freq_dim=128),
+        hart_train=TrainConfig(steps=6000, batch_size=256, lr=1e-3, warmup_steps=200, checkpoint_every=500,
+                               ema=0.999, weight_decay=0.05),
+        shipped="gpu",
+    )
 
 
 def default_preset_name() -> str:
