@@ -1,0 +1,338 @@
+"""The assembled HART: frozen hybrid tokenizer + caption tokenizer + next-scale transformer + residual head.
+
+Training (teacher forcing), HART_NOTES 1.4-1.5:
+
+    loss = CE(all image tokens) + lambda * diffusion_loss(head, target, z)
+    z      = norm(h_K + word_embed(e(r_K)))            h_K: last-scale hidden states; r_K sampled from the
+                                                       model's own last-scale logits (or the truth)
+    target = (f - f_hat_{<K} - e(r_K)) / residual_scale   the residual against the token actually chosen
+
+Sampling, HART_NOTES 1.6: the text prefix once, then for k = 1..K
+    logits_k = (1 + t_k) cond - t_k uncond,  t_k = cfg_scale * (k - 1) / (K - 1)      (linear ramp)
+    r_k ~ top-k / top-p;   f_hat += phi_k(up(e(r_k)));   next input = area_down(f_hat, pn_{k+1})
+then the head draws the residual in `sampling_steps` steps (with the same guidance, shared noise) and the
+decoder reads the continuous latent f_hat + residual.
+
+head.mode selects the ablations of notebook 09: off (discrete only), last (HART), full (MAR-style: the head
+draws the whole last-scale latent from h alone), early (the head corrects every scale; its output feeds
+the next scale's input).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hart_mini import checkpoint
+from hart_mini.config import HeadConfig, TransformerConfig, require
+from hart_mini.diffusion import CosineSchedule, MLPHead, diffusion_loss
+from hart_mini.diffusion import sample as diffusion_sample
+from hart_mini.text import CaptionTokenizer
+from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.transformer import NextScaleTransformer
+
+
+def check_sampling(cfg_scale: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling knobs that make no sense, naming the knob."""
+    require(isinstance(cfg_scale, (int, float)) and cfg_scale >= 0, "cfg_scale", cfg_scale,
+            "a number >= 0 (0 = no guidance)")
+    require(isinstance(top_k, int) and top_k >= 0, "top_k", top_k, "an integer >= 0 (0 = off)")
+    require(isinstance(top_p, (int, float)) and 0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1 = off)")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top_k largest logits and the smallest set whose probability reaches top_p; -inf elsewhere."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, n, V) logits -> (B, n) indices."""
+    probs = filter_logits(logits.float(), top_k, top_p).softmax(-1)
+    return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
+
+
+def caption_dropout(n: int, rate: float, device: torch.device) -> torch.Tensor:
+    """Which of n captions to drop for classifier-free guidance: uniform draws, so exactly `rate` on average.
+
+    HART's code tests torch.randn(B) < rate (a Gaussian), which drops ~54 % at rate 0.1 (HART_NOTES 1.4).
+    """
+    return torch.rand(n, device=device) < rate
+
+
+def guide(logits: torch.Tensor, k: int, K: int, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance on a doubled batch [cond; uncond], ramped linearly over scales."""
+    cond, uncond = logits.chunk(2)
+    t = cfg_scale * k / max(K - 1, 1)
+    return (1 + t) * cond - t * uncond
+
+
+def tokens_to_map(x: torch.Tensor, pn: int) -> torch.Tensor:
+    """(B, pn*pn, C) -> (B, C, pn, pn)."""
+    return x.transpose(1, 2).reshape(x.shape[0], -1, pn, pn)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, p, p) -> (B, p*p, C)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class HART(nn.Module):
+    """Tokenizer (frozen) + text + next-scale transformer + residual diffusion head."""
+
+    def __init__(self, cfg: TransformerConfig, tokenizer: HybridTokenizer, text_tokenizer: CaptionTokenizer,
+                 head: HeadConfig | None = None):
+        super().__init__()
+        require(text_tokenizer.max_len <= cfg.text_len, "text_tokenizer.max_len", text_tokenizer.max_len,
+                f"at most the transformer's text_len={cfg.text_len}")
+        self.cfg, self.text_tokenizer = cfg, text_tokenizer
+        self.head_cfg = head or HeadConfig(mode="off")
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        tok = tokenizer.cfg
+        self.scales, self.K = tok.scales, len(tok.scales)
+        self.transformer = NextScaleTransformer(cfg, tok.scales, tok.latent_channels, tok.codebook_size,
+                                                text_tokenizer.vocab_size)
+        if self.head_cfg.mode != "off":
+            self.head = MLPHead(self.head_cfg, tok.latent_channels, cfg.width)
+            self.cond_norm = nn.LayerNorm(cfg.width)  # z = norm(h + word_embed(e(r)))
+            self.schedule = CosineSchedule(self.head_cfg.train_steps)
+        # The head's targets are divided by this, measured from data (measure_residual_scale), so they
+        # have unit variance; it is saved with the weights.
+        self.register_buffer("residual_scale", torch.ones(()))
+
+    @property
+    def mode(self) -> str:
+        return self.head_cfg.mode
+
+    def train(self, mode: bool = True) -> HART:
+        super().train(mode)
+        self.tokenizer.eval()  # frozen, always
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("tokenizer.")]
+
+    def parameter_counts(self) -> dict:
+        count = lambda m: sum(p.numel() for p in m.parameters())
+        out = {"transformer": count(self.transformer), "text_encoder": count(self.transformer.text),
+               "head": count(self.head) if self.mode != "off" else 0, "tokenizer": count(self.tokenizer)}
+        out["head_share_of_transformer"] = round(out["head"] / out["transformer"], 4)
+        return out
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.tokenizer.quantizer.codebook.weight.device
+        ids, mask = self.text_tokenizer(captions)
+        return ids.to(device), mask.to(device)
+
+    # --- what the head is trained on ---
+
+    def condition(self, h: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        """z = norm(h + word_embed(e(r))), or norm(h) for the full-token head. h (B, n, D), idx (B, n)."""
+        if idx is None:
+            return self.cond_norm(h)
+        e = self.tokenizer.quantizer.codebook(idx)  # (B, n, C)
+        return self.cond_norm(h + self.transformer.word_embed(e))
+
+    def _targets(self, images: torch.Tensor):
+        """Tokens, teacher-forcing inputs and the continuous targets (before choosing r) for each mode."""
+        q = self.tokenizer.quantizer
+        f = self.tokenizer.encode(images)
+        if self.mode == "early":
+            indices, corrections = q.quantize_continuous(f)
+            inputs = q.teacher_forcing_inputs(indices, corrections)
+            # per token: the exact downsampled rest it should reach, (B, L, C)
+            exact = torch.cat([map_to_tokens(q.embed(i) + d) for i, d in zip(indices, corrections)], dim=1)
+            return indices, inputs, exact
+        indices, f_hat, _, _ = q.quantize(f)
+        inputs = q.teacher_forcing_inputs(indices)
+        before_last = f - (f_hat - q.contribution(indices[-1], self.K - 1))  # f minus scales 1..K-1
+        return indices, inputs, map_to_tokens(before_last)  # (B, pn_K^2, C)
+
+    @torch.no_grad()
+    def measure_residual_scale(self, images: torch.Tensor) -> float:
+        """Set residual_scale to the std of the head's targets (with true tokens) on these images."""
+        if self.mode == "off":
+            return 1.0
+        indices, _, exact = self._targets(images)
+        q = self.tokenizer.quantizer
+        if self.mode == "full":
+            target = exact
+        elif self.mode == "last":
+            target = exact - q.codebook(indices[-1].flatten(1))
+        else:
+            target = exact - q.codebook(torch.cat([i.flatten(1) for i in indices], 1))
+        self.residual_scale.fill_(float(target.std()))
+        return float(self.residual_scale)
+
+    # --- training ---
+
+    def loss(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict]:
+        """CE over the image tokens + lambda * diffusion loss of the head (if any)."""
+        with torch.no_grad():
+            indices, inputs, exact = self._targets(images)
+        ids, mask = self.encode_text(captions)
+        drop = caption_dropout(len(captions), self.cfg.cond_dropout, ids.device)
+        logits, h = self.transformer(ids, mask, inputs, drop)  # (B, L, V), (B, L, D)
+        targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
+        last = self.transformer.starts[-2]  # first token of the last scale
+        scored = slice(0, last) if self.mode == "full" else slice(None)  # MAR-style: no tokens at the last scale
+        ce = F.cross_entropy(logits[:, scored].flatten(0, 1).float(), targets[:, scored].flatten())
+        logs = {"ce": ce.item(), "token_acc": (logits.argmax(-1) == targets).float().mean().item()}
+        if self.mode == "off":
+            return ce, logs
+        h_head = h if self.mode == "early" else h[:, last:]
+        truth = targets if self.mode == "early" else targets[:, last:]
+        if self.mode == "full":
+            z, target = self.condition(h_head, None), exact
+        else:
+            with torch.no_grad():
+                chosen = sample(logits[:, -truth.shape[1]:], 0, 1.0, None) if self.head_cfg.sampled_tokens else truth
+            z = self.condition(h_head, chosen)
+            target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
+        diff = diffusion_loss(self.head, (target / self.residual_scale).flatten(0, 1), z.flatten(0, 1),
+                              self.schedule, self.head_cfg.prediction, self.head_cfg.batch_mul)
+        logs["diff"] = diff.item()
+        return ce + self.head_cfg.loss_weight * diff, logs
+
+    # --- sampling ---
+
+    def _head_sample(self, z: torch.Tensor, t_cfg: float, guided: bool, sampling_steps: int,
+                     generator: torch.Generator) -> torch.Tensor:
+        """Draw the head's output for every token of z (B or 2B, n, D) -> (B, n, C), unscaled.
+        With guidance, cond and uncond halves share the noise: out = (1 + t) cond - t uncond."""
+        B = z.shape[0] // 2 if guided else z.shape[0]
+        n, C = z.shape[1], self.tokenizer.cfg.latent_channels
+        zf = z.flatten(0, 1)
+
+        def model(x, t):
+            if not guided:
+                return self.head(x, t, zf)
+            cond, uncond = self.head(torch.cat([x, x]), torch.cat([t, t]), zf).chunk(2)
+            return (1 + t_cfg) * cond - t_cfg * uncond
+
+        x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
+                              self.head_cfg.sampler, generator, z.device)
+        return x0.view(B, n, C) * self.residual_scale
+
+    @torch.no_grad()
+    def sample_latent(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
+                      sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
+                      use_head: bool = True) -> dict:
+        """Sample the K token maps (and the head's output). Returns indices (K x (B, pn, pn)), f_hat (the
+        discrete latent), latent (what the decoder reads), path ('discrete' or 'continuous'), the raw
+        conditional logits of each scale and the last scale's hidden states h (B, pn_K^2, D)."""
+        check_sampling(cfg_scale, top_k, top_p)
+        steps = self.head_cfg.sampling_steps if sampling_steps is None else sampling_steps
+        require(isinstance(steps, int) and steps >= 1, "sampling_steps", steps, "an integer >= 1")
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError("prompts must be a non-empty list of strings")
+        self.eval()
+        q, K = self.tokenizer.quantizer, self.K
+        head = use_head and self.mode != "off"
+        ids, mask = self.encode_text(list(prompts))
+        B, device = len(prompts), ids.device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        guided = cfg_scale > 0
+        if guided:  # one doubled batch: [cond; uncond]
+            ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+        drop = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+        drop[B:] = True
+        C, size = self.tokenizer.cfg.latent_channels, self.scales[-1]
+        f_hat = torch.zeros(B, C, size, size, device=device)  # the discrete latent
+        latent = torch.zeros_like(f_hat)  # what feeds the next scale (differs only in diffusion-early)
+        indices, raw_logits, inputs_so_far = [], [], []
+        for k, pn in enumerate(self.scales):
+            if k == 0 and use_cache:
+                logits, hidden, cache, cond = self.transformer.start(ids, mask, drop)
+            elif use_cache:
+                x = map_to_tokens(q.next_input(latent, k - 1))  # (B, pn^2, C)
+                logits, hidden = self.transformer.step(x.repeat(2, 1, 1) if guided else x, k, cache, cond)
+            else:  # one full masked pass over everything so far (the KV cache's reference)
+                if k > 0:
+                    inputs_so_far.append(map_to_tokens(q.next_input(latent, k - 1)))
+                x = torch.cat(inputs_so_far, 1) if inputs_so_far else f_hat.new_zeros(B, 0, C)
+                logits, hidden = self.transformer(ids, mask, x.repeat(2, 1, 1) if guided else x, drop)
+                start = self.transformer.starts[k]
+                logits, hidden = logits[:, start:], hidden[:, start:]
+            raw_logits.append(logits[:B])
+            t_k = cfg_scale * k / max(K - 1, 1)
+            last = k == K - 1
+            if head and self.mode == "full" and last:  # MAR-style: the head draws the whole last scale
+                part = self._head_sample(self.condition(hidden, None), t_k, guided, steps, generator)
+                latent = latent + tokens_to_map(part, pn)
+                indices.append(None)
+                continue
+            final = guide(logits, k, K, cfg_scale) if guided else logits
+            idx = sample(final, top_k, top_p, generator)  # (B, pn^2)
+            indices.append(idx.view(B, pn, pn))
+            f_hat = f_hat + q.contribution(idx.view(B, pn, pn), k)
+            code = q.codebook(idx)  # (B, pn^2, C)
+            if head and (self.mode == "early" or (self.mode == "last" and last)):
+                chosen = idx.repeat(2, 1) if guided else idx
+                d = self._head_sample(self.condition(hidden, chosen), t_k, guided, steps, generator)
+                code = code + d
+            latent = latent + q.lift(tokens_to_map(code, pn), k)
+        path = "continuous" if head else "discrete"
+        return {"indices": indices, "f_hat": f_hat, "latent": latent if head else f_hat, "path": path,
+                "logits": raw_logits, "h": hidden[:B]}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
+                 sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
+                 use_head: bool = True) -> torch.Tensor:
+        """Prompts -> images (B, 3, H, W) in [0, 1]. use_head=False gives the discrete-only image."""
+        out = self.sample_latent(prompts, cfg_scale, top_k, top_p, sampling_steps, seed, use_cache, use_head)
+        image = self.tokenizer.decode(out["latent"], out["path"])
+        return image.clamp(-1, 1).add(1).div(2)
+
+    # --- files ---
+
+    def save(self, path, tokenizer_file: str | Path, extra: dict | None = None) -> None:
+        """Save everything but the tokenizer, which is referenced: its file name (relative to `path`'s folder,
+        where it must sit) and its sha256, checked when loading."""
+        from hart_mini.pretrained import sha256
+
+        path = Path(path)
+        tokenizer_file = Path(tokenizer_file)
+        if tokenizer_file.parent.resolve() != path.parent.resolve():
+            raise ValueError(f"the tokenizer {str(tokenizer_file)!r} must sit in the same folder as {str(path)!r}")
+        meta = {"kind": "hart", "transformer": dataclasses.asdict(self.cfg), "head": dataclasses.asdict(self.head_cfg),
+                "tokenizer": dataclasses.asdict(self.tokenizer.cfg), "text": self.text_tokenizer.to_dict(),
+                "tokenizer_file": tokenizer_file.name, "tokenizer_sha256": sha256(tokenizer_file),
+                "parameters": self.parameter_counts(), **(extra or {})}
+        weights = {k: v for k, v in self.state_dict().items() if not k.startswith("tokenizer.")}
+        checkpoint.save(path, weights, meta)
+
+    @classmethod
+    def from_file(cls, path, device: str | torch.device = "cpu") -> HART:
+        """Load a HART file and the tokenizer it names (same folder, sha256 checked)."""
+        from hart_mini.pretrained import sha256
+
+        path = Path(path)
+        tensors, meta = checkpoint.load(path)
+        if meta.get("kind") != "hart":
+            raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a HART model")
+        tok_path = path.parent / meta["tokenizer_file"]
+        if not tok_path.is_file():
+            raise FileNotFoundError(f"{str(path)!r} needs its tokenizer {str(tok_path)!r} beside it")
+        if sha256(tok_path) != meta["tokenizer_sha256"]:
+            raise ValueError(f"{str(tok_path)!r} is not the tokenizer {str(path)!r} was trained with (sha256 differs)")
+        tokenizer = HybridTokenizer.from_file(tok_path)
+        model = cls(TransformerConfig(**meta["transformer"]), tokenizer, CaptionTokenizer.from_dict(meta["text"]),
+                    HeadConfig(**meta["head"]))
+        own = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
+        checkpoint.load_module(model, {**own, **tensors}, str(path))
+        model.meta = meta
+        return model.to(device).eval()

@@ -1,0 +1,134 @@
+"""Captions -> token ids -> text features: the course's stand-in for HART's Qwen2 text encoder.
+
+HART encodes a prompt with a 1.5B-parameter language model and feeds the token features to the
+transformer as a prefix. ToyShapes captions come from a small grammar, so a word-level tokenizer and a
+tiny transformer encoder, trained together with the generator, do the same job here.
+
+    CaptionTokenizer(["a", "red", ...])("a red circle")  ->  ids (B, T), mask (B, T)
+    TextEncoder(...)(ids, mask)                          ->  features (B, T, D)
+
+Captions are **left-padded** to T tokens, so the last position always holds the last word; the
+transformer reads the 1x1 scale from that position (HART: the last context token predicts scale 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import torch
+import torch.nn as nn
+
+from hart_mini.config import require
+
+PAD = "<pad>"
+
+
+def toyshapes_words() -> list[str]:
+    """Every word a ToyShapes caption can use (the grammar in hart_mini.data)."""
+    from hart_mini.data import COLOUR_NAMES, POSITIONS, RELATIONS, SHAPES, SIZES, TEXTURES
+
+    words = ["a", "at", "the", *SIZES, *COLOUR_NAMES, *TEXTURES, *SHAPES]
+    for phrase in (*POSITIONS, *RELATIONS):
+        words += phrase.split()
+    return list(dict.fromkeys(words))  # unique, in a stable order
+
+
+def normalise(caption: str) -> str:
+    """Lower case, single spaces, no trailing full stop."""
+    return re.sub(r"\s+", " ", caption.strip().lower()).rstrip(".").strip()
+
+
+class CaptionTokenizer:
+    """Word-level tokenizer with a closed vocabulary; in 'labels' mode a whole caption is one token.
+
+    An unknown word is an error that names it and the nearest known words: a silent unknown-token would
+    let the model draw something unrelated to a typo'd prompt.
+    """
+
+    def __init__(self, words: list[str], max_len: int = 16, mode: str = "words"):
+        require(mode in ("words", "labels"), "mode", mode, "'words' or 'labels'")
+        require(isinstance(max_len, int) and max_len >= 1, "max_len", max_len, "an integer >= 1")
+        require(len(words) >= 1 and len(set(words)) == len(words), "words", words, "a non-empty list without repeats")
+        self.mode, self.max_len = mode, 1 if mode == "labels" else max_len
+        self.vocab = [PAD, *words]
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+
+    @classmethod
+    def toyshapes(cls, max_len: int = 16) -> CaptionTokenizer:
+        return cls(toyshapes_words(), max_len)
+
+    @classmethod
+    def from_captions(cls, captions: list[str], mode: str = "words", max_len: int = 16) -> CaptionTokenizer:
+        """Vocabulary from a list of captions (e.g. an ImageFolder's folder names)."""
+        if mode == "labels":
+            units = [normalise(c) for c in captions]
+        else:
+            units = [w for c in captions for w in normalise(c).split()]
+        return cls(list(dict.fromkeys(units)), max_len, mode)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def to_dict(self) -> dict:
+        return {"words": self.vocab[1:], "max_len": self.max_len, "mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionTokenizer:
+        return cls(d["words"], d["max_len"], d["mode"])
+
+    def _unknown(self, unit: str, caption: str) -> ValueError:
+        close = difflib.get_close_matches(unit, self.vocab[1:], n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        what = "caption" if self.mode == "labels" else "word"
+        return ValueError(f"unknown {what} {unit!r} in prompt {caption!r}{hint} "
+                          f"(known {what}s: {', '.join(self.vocab[1:])})")
+
+    def encode(self, caption: str) -> list[int]:
+        """One caption -> its token ids (no padding)."""
+        if not isinstance(caption, str):
+            raise ValueError(f"a prompt must be a string, got {type(caption).__name__}")
+        text = normalise(caption)
+        if not text:
+            raise ValueError("the prompt is empty; describe an image, e.g. 'a large red striped circle at the top'")
+        units = [text] if self.mode == "labels" else text.split()
+        for unit in units:
+            if unit not in self.index:
+                raise self._unknown(unit, caption)
+        if len(units) > self.max_len:
+            raise ValueError(f"the prompt {caption!r} has {len(units)} words; at most {self.max_len} fit")
+        return [self.index[u] for u in units]
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> ids (B, T) left-padded with 0, and mask (B, T), True on real tokens."""
+        if isinstance(captions, str):
+            captions = [captions]
+        ids = torch.zeros(len(captions), self.max_len, dtype=torch.long)
+        for b, caption in enumerate(captions):
+            tokens = self.encode(caption)
+            ids[b, self.max_len - len(tokens):] = torch.tensor(tokens)
+        return ids, ids != 0
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return " ".join(self.vocab[i] for i in ids.tolist() if i != 0)
+
+
+class TextEncoder(nn.Module):
+    """Token + position embeddings, then a few bidirectional transformer blocks: (B, T) -> (B, T, D)."""
+
+    def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int):
+        super().__init__()
+        from hart_mini.transformer import Block  # the same block as the generator, without AdaLN
+
+        self.embed = nn.Embedding(vocab_size, width)
+        self.pos = nn.Parameter(torch.randn(max_len, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, num_heads, adaln=False) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, D)
+        attend = mask[:, None, None, :]  # (B, 1, 1, T): every token sees every real token
+        for block in self.blocks:
+            x = block(x, attend)
+        return self.norm(x)

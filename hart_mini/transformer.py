@@ -1,0 +1,234 @@
+"""The next-scale autoregressive transformer (VAR; HART section 3.2; HART_NOTES 1.4).
+
+One sequence per image: the caption's T text tokens, then the image tokens of scales 2..K.
+
+    position      T-1 (last word)   | scale 2 inputs | scale 3 inputs | ... | scale K inputs
+    predicts      scale 1 (1 token) | scale 2 tokens | scale 3 tokens | ... | scale K tokens
+
+The input for scale k+1 is the cumulative discrete latent after scales 1..k, area-downsampled to
+pn_{k+1} (tokenizer.teacher_forcing_inputs) and projected by `word_embed`. Attention is **block-causal**:
+a token sees every token of its own scale and of earlier scales (the text counts as scale 1), never a
+later scale, never padding. Blocks are pre-norm with AdaLN-Zero from the pooled text. At sampling time
+`start` runs the text and `step` runs one new scale against a KV cache, so each scale costs one pass
+over its own pn^2 tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hart_mini.config import TransformerConfig
+from hart_mini.text import TextEncoder
+
+
+def rope_angles(coords: torch.Tensor, head_dim: int, base: float = 100.0) -> torch.Tensor:
+    """2-D rotary angles (N, head_dim // 2): half the pairs rotate with x, half with y."""
+    quarter = head_dim // 4
+    freq = base ** (-torch.arange(quarter, dtype=torch.float32, device=coords.device) / quarter)  # (d/4,)
+    return torch.cat([coords[:, :1] * freq, coords[:, 1:] * freq], dim=1)  # (N, d/2)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_2i, x_2i+1) of x (B, H, N, d) by angles (N, d/2)."""
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def block_causal_mask(level: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """level (N,): the scale of every position (text = 0); key_valid (B, N): False on padding.
+    Returns (B, N, N) bool, True where query i may attend to key j: level_j <= level_i and j is real."""
+    return (level[None, :, None] >= level[None, None, :]) & key_valid[:, None, :]
+
+
+class LayerCache:
+    """Keys and values of one attention layer for the tokens run so far (sampling only)."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (B, H, N_so_far, d)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class KVCache:
+    """One LayerCache per block, plus which cached keys are real (not padding)."""
+
+    def __init__(self, depth: int):
+        self.layers = [LayerCache() for _ in range(depth)]
+        self.valid: torch.Tensor | None = None  # (B, N_so_far) bool
+        self.length = 0  # tokens run so far
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, rope: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # (B,H,N,d)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, H, N_cached + N, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)  # attend: bool, True = may attend
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm attention + MLP. With adaln, x += gamma * f(LN(x) * (1 + scale) + shift), (gamma, scale,
+    shift) computed from the condition and zero at init (AdaLN-Zero: every block starts as the identity)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, adaln: bool = True):
+        super().__init__()
+        self.adaln = adaln
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=not adaln)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=not adaln)
+        self.attn = Attention(width, num_heads)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        if adaln:
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+            nn.init.zeros_(self.modulation[1].weight)
+            nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor, cond: torch.Tensor | None = None,
+                rope: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+        if not self.adaln:
+            x = x + self.attn(self.norm1(x), attend, rope, cache)
+            return x + self.mlp(self.norm2(x))
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)[:, None].chunk(6, dim=-1)  # (B,1,D)
+        x = x + gamma1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, attend, rope, cache)
+        return x + gamma2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class NextScaleTransformer(nn.Module):
+    """Text prefix + next-scale prediction over a multi-scale token pyramid."""
+
+    def __init__(self, cfg: TransformerConfig, scales: tuple[int, ...], latent_channels: int, codebook_size: int,
+                 text_vocab_size: int):
+        super().__init__()
+        self.cfg, self.scales = cfg, tuple(scales)
+        D, K, L = cfg.width, len(scales), sum(p * p for p in scales)
+        self.text = TextEncoder(text_vocab_size, cfg.text_len, D, cfg.text_depth, cfg.num_heads)
+        self.text_proj = nn.Linear(D, D)  # HART's context_embed
+        self.word_embed = nn.Linear(latent_channels, D)  # latent vectors (C) -> tokens (D)
+        self.level_embed = nn.Embedding(K, D)
+        self.pos_embed = nn.Parameter(torch.randn(L, D) * 0.02) if cfg.position == "absolute" else None
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True) for _ in range(cfg.depth))
+        self.head_norm = nn.LayerNorm(D, elementwise_affine=False)
+        self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))  # AdaLN before the head
+        self.head = nn.Linear(D, codebook_size)
+        nn.init.zeros_(self.head_modulation[1].weight)
+        nn.init.zeros_(self.head_modulation[1].bias)
+        # Per image token: its scale index, and its (x, y) centre on the finest grid (for RoPE).
+        levels = torch.cat([torch.full((p * p,), k) for k, p in enumerate(scales)])
+        coords = torch.cat([self._grid(p, scales[-1]) for p in scales])
+        self.register_buffer("levels", levels, persistent=False)  # (L,)
+        self.register_buffer("coords", coords, persistent=False)  # (L, 2)
+        self.starts = [sum(p * p for p in scales[:k]) for k in range(K + 1)]  # first token of each scale
+
+    @staticmethod
+    def _grid(pn: int, finest: int) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.arange(pn), torch.arange(pn), indexing="ij")
+        return torch.stack([xs.flatten(), ys.flatten()], 1).float().add(0.5).mul(finest / pn)  # (pn*pn, 2)
+
+    # --- pieces shared by training and sampling ---
+
+    def embed_text(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor):
+        """-> (x (B, T, D), valid (B, T), cond (B, D)). Dropped captions become HART's unconditional branch:
+        zero features, only the last position valid, zero pooled condition."""
+        feats = self.text(ids, mask)  # (B, T, D)
+        pooled = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (B, D)
+        keep = ~drop[:, None]
+        last_only = torch.zeros_like(mask)
+        last_only[:, -1] = True
+        feats, pooled = feats * keep[..., None], pooled * keep
+        valid = torch.where(keep, mask, last_only)
+        x = self.text_proj(feats)
+        scale1 = self.level_embed.weight[0] + (self.pos_embed[0] if self.pos_embed is not None else 0)
+        x = torch.cat([x[:, :-1], x[:, -1:] + scale1], dim=1)  # the last position is scale 1's query
+        return x, valid, pooled
+
+    def embed_scales(self, inputs: torch.Tensor, first: int) -> torch.Tensor:
+        """Latent inputs (B, n, C) for image tokens first..first+n-1 -> (B, n, D)."""
+        pos = slice(first, first + inputs.shape[1])
+        x = self.word_embed(inputs) + self.level_embed(self.levels[pos])
+        return x + self.pos_embed[pos] if self.pos_embed is not None else x
+
+    def rope(self, n_text: int, image_positions: slice | None) -> torch.Tensor | None:
+        """RoPE angles for text positions (1-D, before the image) and/or image positions (2-D)."""
+        if self.cfg.position != "rope":
+            return None
+        head_dim = self.cfg.width // self.cfg.num_heads
+        parts = []
+        if n_text:
+            t = torch.arange(n_text, device=self.levels.device, dtype=torch.float32) - n_text
+            parts.append(torch.stack([t, t], 1))  # the text on the diagonal, at negative coordinates
+        if image_positions is not None:
+            parts.append(self.coords[image_positions])
+        return rope_angles(torch.cat(parts), head_dim)
+
+    def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.head_modulation(cond)[:, None].chunk(2, dim=-1)
+        return self.head(self.head_norm(h) * (1 + scale) + shift)
+
+    # --- training: one teacher-forced pass ---
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor, drop: torch.Tensor):
+        """ids, mask (B, T); inputs (B, n, C), the teacher-forcing inputs of the first n image tokens after
+        scale 1 (n = L - 1 for all scales); drop (B,) bool. Returns logits (B, 1 + n, V) for image tokens
+        0..n and the hidden states h (B, 1 + n, D) they came from."""
+        x_text, valid, cond = self.embed_text(ids, mask, drop)
+        T, n = x_text.shape[1], inputs.shape[1]
+        x = torch.cat([x_text, self.embed_scales(inputs, 1)], dim=1)  # (B, T + n, D)
+        level = torch.cat([torch.zeros(T, dtype=torch.long, device=x.device), self.levels[1:1 + n]])  # (T+n,)
+        key_ok = torch.cat([valid, valid.new_ones(x.shape[0], n)], dim=1)  # (B, T + n)
+        attend = block_causal_mask(level, key_ok)  # (B, T + n, T + n)
+        rope = self.rope(T, slice(1, 1 + n))
+        for block in self.blocks:
+            x = block(x, attend[:, None], cond, rope)
+        h = x[:, T - 1:]  # the last text position predicts scale 1, then each input its own token
+        return self.logits(h, cond), h
+
+    # --- sampling: the text once, then one scale at a time against the cache ---
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor):
+        """Run the text prefix. Returns (logits (B, 1, V) for scale 1, h (B, 1, D), cache, cond)."""
+        x, valid, cond = self.embed_text(ids, mask, drop)
+        cache = KVCache(len(self.blocks))
+        attend = valid[:, None, None, :].expand(-1, 1, x.shape[1], -1)  # the text attends to all real text
+        rope = self.rope(x.shape[1], None)
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, attend, cond, rope, layer)
+        cache.valid, cache.length = valid, x.shape[1]
+        h = x[:, -1:]
+        return self.logits(h, cond), h, cache, cond
+
+    def step(self, inputs: torch.Tensor, k: int, cache: KVCache, cond: torch.Tensor):
+        """Run scale k (k >= 1) from its inputs (B, pn_k^2, C). Returns (logits (B, pn_k^2, V), h)."""
+        first = self.starts[k]
+        x = self.embed_scales(inputs, first)
+        n = x.shape[1]
+        cache.valid = torch.cat([cache.valid, cache.valid.new_ones(x.shape[0], n)], dim=1)
+        attend = cache.valid[:, None, None, :].expand(-1, 1, n, -1)  # all earlier real tokens + this scale
+        rope = None
+        if self.cfg.position == "rope":
+            rope = rope_angles(self.coords[first:first + n], self.cfg.width // self.cfg.num_heads)
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, attend, cond, rope, layer)
+        cache.length += n
+        return self.logits(x, cond), x
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,162 @@
+"""The assembled HART: every head mode end to end, determinism, knobs, files, training and exact resume."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from hart_mini import checkpoint
+from hart_mini.cli import main
+from hart_mini.config import get_preset
+from hart_mini.data import ToyShapes
+from hart_mini.hart import HART
+from hart_mini.text import CaptionTokenizer
+from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.train import train_hart
+
+PRESET = get_preset("smoke")
+
+
+def _model(mode="last", seed=0, **head):
+    torch.manual_seed(seed)
+    model = HART(PRESET.transformer, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(),
+                 dataclasses.replace(PRESET.head, mode=mode, **head))
+    model.measure_residual_scale(ToyShapes(PRESET.data).batch(range(16))["image"])
+    return model
+
+
+@pytest.mark.parametrize("mode", ["off", "last", "full", "early"])
+def test_each_mode_trains_and_samples_end_to_end(mode):
+    model = _model(mode).train()
+    batch = ToyShapes(PRESET.data).batch(range(6))
+    loss, logs = model.loss(batch["image"], batch["caption"])
+    loss.backward()
+    assert torch.isfinite(loss) and ("diff" in logs) == (mode != "off")
+    grads = [p.grad for p in model.trainable_parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in model.tokenizer.parameters())  # the tokenizer stays frozen
+    images = model.generate(batch["caption"][:2], cfg_scale=2.0, seed=1)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+def test_generation_with_the_head_is_deterministic_given_a_seed():
+    model = _model("last")
+    with torch.no_grad():  # make the head's output depend on its inputs
+        for p in model.head.parameters():
+            p.normal_(0, 0.1)
+    prompts = ["a large red striped circle at the top left"] * 2
+    a, b = model.generate(prompts, seed=4), model.generate(prompts, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, model.generate(prompts, seed=5))
+    assert not torch.equal(a, model.generate(prompts, seed=4, use_head=False))
+
+
+def test_last_mode_residual_is_added_to_the_discrete_latent():
+    model = _model("last")
+    prompts = ["a small blue square at the center"]
+    with_head = model.sample_latent(prompts, seed=2)
+    without = model.sample_latent(prompts, seed=2, use_head=False)
+    assert with_head["path"] == "continuous" and without["path"] == "discrete"
+    assert torch.equal(with_head["f_hat"], without["f_hat"])  # the head never changes the tokens
+    assert torch.equal(without["latent"], without["f_hat"])
+    added = with_head["latent"] - with_head["f_hat"]  # the residual drawn by the head, (1, C, h, w)
+    assert 0 < float(added.std()) < 10 * float(model.residual_scale)
+
+
+def test_in_diffusion_early_the_head_output_feeds_the_next_scale():
+    model = _model("early")
+    prompts = ["a small blue square at the center"]
+    before = model.sample_latent(prompts, seed=2)["logits"]
+    with torch.no_grad():
+        model.head.output.bias.fill_(0.5)  # the head now adds a constant correction at every scale
+    after = model.sample_latent(prompts, seed=2)["logits"]
+    assert torch.equal(before[0], after[0])  # scale 1 is read from the text alone
+    assert not torch.allclose(before[1], after[1])  # scale 2's input includes scale 1's correction
+
+
+def test_full_mode_scores_no_tokens_at_the_last_scale():
+    model = _model("full")
+    batch = ToyShapes(PRESET.data).batch(range(3))
+    with torch.no_grad():
+        model.transformer.head.bias[:] = 0
+        ce_before = model.loss(batch["image"], batch["caption"])[1]["ce"]
+        model.transformer.head.weight[:] = 0  # uniform logits everywhere
+        ce = model.loss(batch["image"], batch["caption"])[1]["ce"]
+    assert ce == pytest.approx(torch.log(torch.tensor(float(PRESET.tokenizer.codebook_size))).item(), rel=1e-4)
+    assert ce_before != ce
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"cfg_scale": -0.5}, "cfg_scale=-0.5 is invalid"),
+    ({"sampling_steps": 0}, "sampling_steps=0 is invalid"),
+    ({"top_p": 0.0}, "top_p=0.0 is invalid"),
+    ({"top_p": 1.01}, "top_p=1.01 is invalid"),
+])
+def test_bad_knobs_raise_clear_errors(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        _model("last").generate(["a red circle at the top"], **knobs)
+
+
+def test_save_and_load_round_trip_with_the_tokenizer_beside_it(tmp_path):
+    tok_file = _tokenizer_file(tmp_path)
+    torch.manual_seed(1)
+    model = HART(PRESET.transformer, HybridTokenizer.from_file(tok_file), CaptionTokenizer.toyshapes(),
+                 PRESET.head)
+    model.measure_residual_scale(ToyShapes(PRESET.data).batch(range(16))["image"])
+    model.save(tmp_path / "hart.safetensors", tok_file, {"preset": "smoke"})
+    tensors, meta = checkpoint.load(tmp_path / "hart.safetensors")
+    assert not any(k.startswith("tokenizer.") for k in tensors) and meta["tokenizer_file"] == tok_file.name
+    loaded = HART.from_file(tmp_path / "hart.safetensors")
+    assert loaded.mode == "last" and float(loaded.residual_scale) == float(model.residual_scale)
+    prompts = ["a large green dotted diamond at the bottom"]
+    assert torch.equal(model.generate(prompts, seed=3), loaded.generate(prompts, seed=3))
+    with pytest.raises(ValueError, match="not a HART model"):
+        HART.from_file(tok_file)
+    checkpoint.save(tok_file, {k: v + 1 for k, v in checkpoint.load(tok_file)[0].items()}, checkpoint.load(tok_file)[1])
+    with pytest.raises(ValueError, match="is not the tokenizer .* was trained with"):
+        HART.from_file(tmp_path / "hart.safetensors")
+
+
+def _tokenizer_file(tmp_path):
+    torch.manual_seed(0)
+    tok = HybridTokenizer(PRESET.tokenizer)
+    path = tmp_path / "tokenizer.safetensors"
+    checkpoint.save(path, tok.state_dict(), {"kind": "tokenizer", "config": dataclasses.asdict(PRESET.tokenizer)})
+    return path
+
+
+def _short(steps=4):
+    return dataclasses.replace(PRESET, hart_train=dataclasses.replace(PRESET.hart_train, steps=steps,
+                                                                      checkpoint_every=2, batch_size=4))
+
+
+def test_two_runs_agree_and_training_resumes_exactly(tmp_path):
+    tok = _tokenizer_file(tmp_path)
+    preset = _short()
+    train_hart(preset, tmp_path / "whole", tok)
+    train_hart(preset, tmp_path / "again", tok)
+    first = train_hart(preset, tmp_path / "pieces", tok, max_minutes=0)
+    assert first["finished"] is False
+    train_hart(preset, tmp_path / "pieces", tok, resume=True)
+    a, meta = checkpoint.load(tmp_path / "whole" / "hart.safetensors")
+    b, _ = checkpoint.load(tmp_path / "pieces" / "hart.safetensors")
+    c, _ = checkpoint.load(tmp_path / "again" / "hart.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a), "two runs from scratch differ"
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from the uninterrupted one"
+    assert meta["head"]["mode"] == "last" and (tmp_path / "whole" / "samples.png").is_file()
+
+
+def test_cli_trains_discrete_only_and_samples(tmp_path, capsys):
+    tok = _tokenizer_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "hart", "--preset", "smoke", "--tokenizer", str(tok), "--out", str(out),
+                 "--no-residual-head", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == PRESET.hart_train.steps
+    assert checkpoint.load(out / "hart.safetensors")[1]["head"]["mode"] == "off"
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--ckpt", str(out), "--prompt", "a small red circle at the top", "--n", "2",
+                 "--cfg", "2", "--seed", "0", "--out", str(grid)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert grid.is_file() and result["prompts"] == ["a small red circle at the top"] * 2
+    assert main(["sample", "--ckpt", str(out), "--prompt", "a purple hexagon", "--out", str(grid)]) == 2
+    assert "unknown word 'hexagon'" in capsys.readouterr().err

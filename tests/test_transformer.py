@@ -1,0 +1,164 @@
+"""The next-scale transformer: block-causal mask, KV cache, caption dropout, text errors, determinism."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hart_mini.config import TransformerConfig, get_preset
+from hart_mini.data import ToyShapes
+from hart_mini.hart import HART, caption_dropout, filter_logits
+from hart_mini.text import CaptionTokenizer
+from hart_mini.tokenizer import HybridTokenizer
+
+PRESET = get_preset("smoke")
+
+
+def _model(position="absolute", seed=0):
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(width=32, depth=2, num_heads=2, text_depth=1, position=position)
+    model = HART(cfg, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(cfg.text_len))
+    for name, p in model.named_parameters():  # AdaLN-Zero starts as identity: make every path matter
+        if "modulation" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def _batch(n=3):
+    return ToyShapes(PRESET.data).batch(range(n))
+
+
+@pytest.mark.parametrize("position", ["absolute", "rope"])
+def test_changing_scale_j_never_changes_logits_of_scales_up_to_j(position):
+    model = _model(position)
+    q, starts = model.tokenizer.quantizer, model.transformer.starts
+    batch = _batch()
+    ids, mask = model.encode_text(batch["caption"])
+    drop = torch.zeros(len(ids), dtype=torch.bool)
+    with torch.no_grad():
+        indices = model.tokenizer.tokenize(batch["image"]).indices
+        base, _ = model.transformer(ids, mask, q.teacher_forcing_inputs(indices), drop)
+        for j in range(len(model.scales)):
+            changed = [i if k != j else torch.randint_like(i, PRESET.tokenizer.codebook_size)
+                       for k, i in enumerate(indices)]
+            logits, _ = model.transformer(ids, mask, q.teacher_forcing_inputs(changed), drop)
+            upto = starts[j + 1]  # image tokens of scales 1..j+1 (0-based scale j included)
+            assert torch.equal(logits[:, :upto], base[:, :upto]), f"scale {j} leaked into earlier logits"
+            if j < len(model.scales) - 1:
+                assert not torch.allclose(logits[:, upto:], base[:, upto:]), "later scales must see scale j"
+
+
+@pytest.mark.parametrize("position", ["absolute", "rope"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
+def test_kv_cached_sampling_matches_one_full_masked_pass(position, cfg_scale):
+    model = _model(position)
+    prompts = _batch(4)["caption"]
+    cached = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=3, use_cache=True)
+    q = model.tokenizer.quantizer
+    ids, mask = model.encode_text(prompts)
+    with torch.no_grad():  # one teacher-forced pass over the sampled tokens
+        full, h = model.transformer(ids, mask, q.teacher_forcing_inputs(cached["indices"]),
+                                    torch.zeros(len(prompts), dtype=torch.bool))
+    starts = model.transformer.starts
+    for k, logits in enumerate(cached["logits"]):
+        assert torch.allclose(logits, full[:, starts[k]:starts[k + 1]], atol=1e-5), f"scale {k}"
+    assert torch.allclose(cached["h"], h[:, starts[-2]:], atol=1e-5)
+    uncached = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=3, use_cache=False)
+    assert all(torch.equal(a, b) for a, b in zip(cached["indices"], uncached["indices"]))
+
+
+def test_padding_text_tokens_are_masked():
+    model = _model()
+    batch = _batch()
+    ids, mask = model.encode_text(batch["caption"])
+    assert (~mask).any(), "these captions must be shorter than text_len"
+    inputs = model.tokenizer.quantizer.teacher_forcing_inputs(model.tokenizer.tokenize(batch["image"]).indices)
+    drop = torch.zeros(len(ids), dtype=torch.bool)
+    with torch.no_grad():
+        before, _ = model.transformer(ids, mask, inputs, drop)
+        model.transformer.text.embed.weight[0].add_(5.0)  # change what a pad token looks like
+        after, _ = model.transformer(ids, mask, inputs, drop)
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_caption_dropout_rate_is_ten_percent():
+    torch.manual_seed(0)
+    rate = caption_dropout(10_000, 0.1, torch.device("cpu")).float().mean().item()
+    assert 0.09 <= rate <= 0.11
+    model = _model()
+    seen = []
+    original = model.transformer.forward
+
+    def spy(ids, mask, inputs, drop):
+        seen.append(drop)
+        return original(ids, mask, inputs, drop)
+
+    model.transformer.forward = spy
+    batch = ToyShapes(PRESET.data).batch(range(100))
+    torch.manual_seed(1)
+    for _ in range(20):
+        model.loss(batch["image"], batch["caption"])
+    share = torch.cat(seen).float().mean().item()
+    assert 0.07 <= share <= 0.13  # 2000 draws of the rate the model's loss uses
+
+
+def test_generation_is_deterministic_given_the_seed():
+    model = _model()
+    prompts = ["a large red striped circle at the top left", "a small blue square left of a yellow triangle"]
+    a = model.generate(prompts, cfg_scale=2.0, top_k=20, top_p=0.9, seed=7)
+    b = model.generate(prompts, cfg_scale=2.0, top_k=20, top_p=0.9, seed=7)
+    c = model.generate(prompts, cfg_scale=2.0, top_k=20, top_p=0.9, seed=8)
+    assert a.shape == (2, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_unknown_words_and_empty_prompts_raise_clear_errors():
+    model = _model()
+    with pytest.raises(ValueError, match=r"unknown word 'blu' in prompt 'a blu circle'; did you mean 'blue'"):
+        model.generate(["a blu circle"])
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        model.generate(["   "])
+    with pytest.raises(ValueError, match="non-empty list"):
+        model.generate([])
+    with pytest.raises(ValueError, match="has 17 words; at most 16 fit"):
+        model.generate([" ".join(["red"] * 17)])
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"cfg_scale": -1.0}, "cfg_scale=-1.0 is invalid"),
+    ({"top_p": 0.0}, r"top_p=0.0 is invalid: expected a number in \(0, 1\]"),
+    ({"top_p": 1.5}, "top_p=1.5 is invalid"),
+    ({"top_k": -3}, "top_k=-3 is invalid"),
+])
+def test_bad_sampling_knobs_raise(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        _model().generate(["a red circle at the top"], **knobs)
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.15, 0.1]]]))
+    assert torch.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[[True, True, False, False]]]
+    assert torch.isfinite(filter_logits(logits, 0, 0.7)).tolist() == [[[True, True, False, False]]]
+    assert torch.isfinite(filter_logits(logits, 0, 0.5)).tolist() == [[[True, False, False, False]]]
+    assert torch.isfinite(filter_logits(logits, 0, 1.0)).all()
+
+
+def test_caption_tokenizer_pads_on_the_left_and_supports_labels():
+    tok = CaptionTokenizer.toyshapes(6)
+    ids, mask = tok(["a red circle", "a large blue dotted square at"])
+    assert mask.tolist() == [[False, False, False, True, True, True], [True] * 6]
+    assert tok.decode(ids[0]) == "a red circle"
+    labels = CaptionTokenizer.from_captions(["red circle", "Blue square", "red circle"], mode="labels")
+    assert labels.vocab_size == 3 and labels(["blue square"])[0].tolist() == [[2]]
+    with pytest.raises(ValueError, match="unknown caption 'green circle'"):
+        labels(["green circle"])
+    assert CaptionTokenizer.from_dict(tok.to_dict()).vocab == tok.vocab
+
+
+def test_bad_transformer_config_names_the_field():
+    with pytest.raises(ValueError, match="num_heads=3 is invalid: expected a divisor of width=32"):
+        TransformerConfig(width=32, num_heads=3)
+    with pytest.raises(ValueError, match="position='learned' is invalid"):
+        TransformerConfig(position="learned")
+    with pytest.raises(ValueError, match="cond_dropout=1.0 is invalid"):
+        dataclasses.replace(TransformerConfig(), cond_dropout=1.0)
