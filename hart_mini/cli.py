@@ -3,9 +3,14 @@
     data preview     a captioned grid of ToyShapes images
     demo             what the course builds, in one picture
     train tokenizer  both tokenizer stages, resumable (--resume) and chunkable (--max-minutes)
-    train hart       the next-scale transformer on a frozen tokenizer's tokens
+    train hart       the next-scale transformer (+ residual head) on a frozen tokenizer's tokens
+    train judge      the attribute classifier behind FD and prompt accuracy
+    train diffusion  the latent diffusion baseline (DiT-style, same text conditioning and budget)
+    eval hart        FD and prompt accuracy of a trained or shipped HART
     sample           prompts -> a grid of images from a trained or shipped HART
     eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
+    bench            HART vs discrete-only vs the diffusion baseline: latency, throughput, MACs, FD
+    ablate NAME      head, full, early, steps, decoder, cfg: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
     course student   student notebooks with the solutions removed
 """
@@ -96,6 +101,48 @@ def cmd_train_hart(args) -> dict:
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
+def cmd_train_diffusion(args) -> dict:
+    from hart_mini.train import train_diffusion
+
+    result = train_diffusion(get_preset(args.preset), args.out, args.tokenizer, args.resume, args.device,
+                             args.max_minutes, command_line())
+    return emit({"preset": args.preset, "out": str(args.out), **result})
+
+
+def cmd_train_judge(args) -> dict:
+    from hart_mini.train import train_judge
+
+    result = train_judge(get_preset(args.preset), args.out, args.resume, args.device, args.max_minutes,
+                         command_line(), args.n_eval)
+    return emit({"preset": args.preset, "out": str(args.out), **result})
+
+
+def resolve_judge(ckpt: Path | None, preset: str, device: str):
+    from hart_mini import pretrained
+    from hart_mini.judge import Judge
+    from hart_mini.runtime import pick_device
+
+    if ckpt is None:
+        return pretrained.load("judge", get_preset(preset).shipped, pick_device(device))
+    return Judge.from_file(ckpt / "judge.safetensors" if ckpt.is_dir() else ckpt, pick_device(device))
+
+
+def cmd_eval_hart(args) -> dict:
+    from hart_mini import checkpoint
+    from hart_mini.evaluate import evaluate_generator
+
+    model, source = resolve_hart(args.ckpt, args.preset, args.device)
+    judge = resolve_judge(args.judge, args.preset, args.device)
+    generate = lambda prompts, seed: model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                                    sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
+    result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg,
+              "steps": args.steps or model.head_cfg.sampling_steps,
+              **evaluate_generator(generate, judge, get_preset(args.preset).data, args.n)}
+    if args.json:
+        checkpoint.write_json(args.json, result)
+    return emit(result)
+
+
 def resolve_hart(ckpt: Path | None, preset: str, device: str):
     from hart_mini import pretrained
     from hart_mini.hart import HART
@@ -137,14 +184,56 @@ def cmd_eval_tokenizer(args) -> dict:
 
     tokenizer, source = resolve_tokenizer(args.ckpt, args.preset, args.device)
     preset = get_preset(args.preset)
+    judge = resolve_judge(args.judge, args.preset, args.device) if args.fd else None
     if tokenizer.cfg.image_size != preset.data.image_size:
         raise ValueError(f"the tokenizer takes {tokenizer.cfg.image_size} px images but preset {args.preset!r} "
                          f"draws {preset.data.image_size} px ones; pass the matching --preset")
     data = ToyShapes(preset.data, "test", size=max(args.n, 1))
-    result = {"tokenizer": source, "split": "test", **evaluate_tokenizer(tokenizer, data, args.n)}
+    result = {"tokenizer": source, "split": "test", **evaluate_tokenizer(tokenizer, data, args.n, judge=judge)}
     if args.json:
         checkpoint.write_json(args.json, result)
     return emit(result)
+
+
+def cmd_bench(args) -> dict:
+    from hart_mini import checkpoint
+    from hart_mini.baselines import LatentDiffusion
+    from hart_mini.bench import benchmark
+    from hart_mini.runtime import describe_device, pick_device
+
+    device = pick_device(args.device)
+    preset = get_preset(args.preset)
+    hart, hart_source = resolve_hart(args.hart, args.preset, args.device)
+    if args.baseline is None:
+        from hart_mini import pretrained
+        baseline, base_source = pretrained.load("diffusion", preset.shipped, device), "shipped"
+    else:
+        path = args.baseline / "diffusion.safetensors" if args.baseline.is_dir() else args.baseline
+        baseline, base_source = LatentDiffusion.from_file(path, device), str(path)
+    judge = resolve_judge(args.judge, args.preset, args.device)
+    hart_params = sum(p.numel() for p in hart.trainable_parameters())
+    generators = {
+        "hart": (lambda p, s: hart.generate(p, cfg_scale=args.cfg, seed=s), hart_params),
+        "discrete": (lambda p, s: hart.generate(p, cfg_scale=args.cfg, seed=s, use_head=False),
+                     hart_params - (hart.parameter_counts()["head"])),
+        "diffusion": (lambda p, s: baseline.generate(p, cfg_scale=args.cfg, sampling_steps=args.baseline_steps,
+                                                     seed=s), baseline.parameter_count()),
+    }
+    result = benchmark(generators, judge, preset.data, device, args.n, args.batch, args.repeats)
+    result.update(device=describe_device(device), hart=hart_source, baseline=base_source, cfg=args.cfg,
+                  head_steps=hart.head_cfg.sampling_steps, baseline_steps=args.baseline_steps,
+                  torch=__import__("torch").__version__, command=command_line())
+    if args.json:
+        checkpoint.write_json(args.json, result)
+    return emit(result)
+
+
+def cmd_ablate(args) -> dict:
+    from hart_mini.ablate import run
+
+    judge = args.judge / "judge.safetensors" if args.judge and args.judge.is_dir() else args.judge
+    return emit(run(args.name, get_preset(args.preset), args.out, args.device, args.n, args.reference,
+                    args.tokenizer, args.stage_a, judge, command_line()))
 
 
 def cmd_ship(args) -> dict:
@@ -207,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     p.set_defaults(func=cmd_train_hart)
 
+    p = train.add_parser("diffusion", help="train the DiT-style latent diffusion baseline")
+    add_preset(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer file or training folder (default: the preset's shipped tokenizer)")
+    add_run_options(p)
+    p.set_defaults(func=cmd_train_diffusion)
+
+    p = train.add_parser("judge", help="train the attribute classifier used by FD and prompt accuracy")
+    add_preset(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints and judge.safetensors")
+    p.add_argument("--n-eval", type=int, default=5000, help="held-out images for the reported accuracy")
+    add_run_options(p)
+    p.set_defaults(func=cmd_train_judge)
+
     p = sub.add_parser("sample", help="generate a captioned grid of images")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
@@ -229,10 +333,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="number of held-out test images")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--fd", action="store_true", help="also fd_discrete / fd_continuous (needs a judge)")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.set_defaults(func=cmd_eval_tokenizer)
 
+    p = evaluate.add_parser("hart", help="FD and prompt accuracy on N held-out captions")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    p.add_argument("--n", type=int, default=1000, help="number of samples (and of real reference images)")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=None, help="head sampling steps (default: the model's)")
+    p.add_argument("--no-head", action="store_true", help="evaluate the discrete-only images")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_eval_hart)
+
+    p = sub.add_parser("bench", help="latency, throughput, MACs, FD: HART vs discrete-only vs diffusion baseline")
+    add_preset(p)
+    p.add_argument("--hart", type=Path, default=None, help="HART file or folder (default: shipped)")
+    p.add_argument("--baseline", type=Path, default=None, help="diffusion baseline file or folder (default: shipped)")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    p.add_argument("--n", type=int, default=1000, help="samples for FD and prompt accuracy (0 = speed only)")
+    p.add_argument("--batch", type=int, default=64, help="batch size for throughput")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale for every model")
+    p.add_argument("--baseline-steps", type=int, default=30, help="DDIM steps of the baseline")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.set_defaults(func=cmd_bench)
+
+    from hart_mini.ablate import ABLATIONS
+
+    p = sub.add_parser("ablate", help="run one ablation: JSON + figure in --out")
+    p.add_argument("name", choices=ABLATIONS)
+    add_preset(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for models, NAME.json and NAME.png")
+    p.add_argument("--reference", type=Path, default=None, help="the HART to compare with (default: train one)")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer for trained variants (default: shipped)")
+    p.add_argument("--stage-a", type=Path, default=None, help="decoder ablation: a tokenizer's stage_a folder")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    p.add_argument("--n", type=int, default=None, help="samples per evaluation (default: by preset)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_ablate)
+
     p = sub.add_parser("ship", help="copy a trained model into data/ and record it in data/manifest.json")
-    p.add_argument("kind", choices=("tokenizer", "hart"), help="what the file holds")
+    p.add_argument("kind", choices=("tokenizer", "hart", "judge", "diffusion"), help="what the file holds")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, required=True, help="the trained .safetensors file")
     p.add_argument("--metrics", type=Path, default=None, help="JSON file of metrics to record (from eval)")

@@ -175,6 +175,23 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """The latent diffusion baseline's diffusion settings (see baselines.py)."""
+
+    prediction: str = "v"  # v | eps
+    sampler: str = "ddim"  # ddim | ddpm
+    train_steps: int = 1000
+    sampling_steps: int = 30  # the "traditional diffusion" regime: 30 steps or more
+
+    def __post_init__(self):
+        require(self.prediction in ("v", "eps"), "prediction", self.prediction, "'v' or 'eps'")
+        require(self.sampler in ("ddim", "ddpm"), "sampler", self.sampler, "'ddim' or 'ddpm'")
+        require(_is_int(self.train_steps) and self.train_steps >= 2, "train_steps", self.train_steps, "an integer >= 2")
+        require(_is_int(self.sampling_steps) and 1 <= self.sampling_steps <= self.train_steps, "sampling_steps",
+                self.sampling_steps, f"an integer in [1, train_steps={self.train_steps}]")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run (any model): optimisation, schedule, checkpoints."""
 
@@ -216,6 +233,9 @@ class Preset:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     hart_train: TrainConfig = field(default_factory=TrainConfig)
+    judge_train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    baseline_train: TrainConfig = field(default_factory=TrainConfig)
     shipped: str = "cpu"  # which shipped models in data/ this preset uses ("smoke" trains on cpu's tokenizer)
 
     def __post_init__(self):
@@ -238,6 +258,8 @@ def _build(name: str) -> Preset:
             transformer=TransformerConfig(width=32, depth=2, num_heads=2, text_depth=1),
             head=HeadConfig(width=16, depth=1, freq_dim=16),
             hart_train=TrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, checkpoint_every=15),
+            judge_train=TrainConfig(steps=20, batch_size=16, lr=2e-3, warmup_steps=5, checkpoint_every=20),
+            baseline_train=TrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, checkpoint_every=15),
         )
     if name == "cpu":  # a laptop: each stage within minutes on 2 cores
         return Preset(
@@ -248,6 +270,9 @@ def _build(name: str) -> Preset:
             transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=2),
             hart_train=TrainConfig(steps=2800, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
                                    ema=0.995, weight_decay=0.05),
+            judge_train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=500),
+            baseline_train=TrainConfig(steps=5300, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250,
+                                       ema=0.995, weight_decay=0.05),
         )
     return Preset(  # one GPU: 64 px, VAR's 256-px scale schedule
         name, data=DataConfig(image_size=64, train_size=200_000),
@@ -259,6 +284,9 @@ def _build(name: str) -> Preset:
         head=HeadConfig(width=192, depth=3, freq_dim=128),
         hart_train=TrainConfig(steps=6000, batch_size=256, lr=1e-3, warmup_steps=200, checkpoint_every=500,
                                ema=0.999, weight_decay=0.05),
+        judge_train=TrainConfig(steps=2000, batch_size=256, lr=2e-3, warmup_steps=50, checkpoint_every=500),
+        baseline_train=TrainConfig(steps=8000, batch_size=256, lr=1e-3, warmup_steps=200, checkpoint_every=500,
+                                   ema=0.999, weight_decay=0.05),
         shipped="gpu",
     )
 

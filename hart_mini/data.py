@@ -99,6 +99,38 @@ class Scene:
         return out
 
 
+def parse_caption(caption: str) -> dict:
+    """Invert the caption grammar: {'objects': [(shape, colour, size, texture), ...], 'position': int or None,
+    'relation': int or None}. Raises ValueError for text the grammar cannot produce."""
+    words = caption.strip().lower().split()
+
+    def one_object(tokens: list[str]) -> tuple[tuple[int, int, int, int], list[str]]:
+        if len(tokens) < 4 or tokens[0] != "a" or tokens[1] not in SIZES or tokens[2] not in COLOURS:
+            raise ValueError(f"cannot parse {caption!r}: expected 'a <size> <colour> [<texture>] <shape>'")
+        size, colour, rest = SIZES.index(tokens[1]), COLOUR_NAMES.index(tokens[2]), tokens[3:]
+        texture = 0
+        if rest[0] in TEXTURES:
+            texture, rest = TEXTURES.index(rest[0]), rest[1:]
+        if not rest or rest[0] not in SHAPES:
+            raise ValueError(f"cannot parse {caption!r}: expected a shape among {SHAPES}")
+        return (SHAPES.index(rest[0]), colour, size, texture), rest[1:]
+
+    first, rest = one_object(words)
+    if rest[:2] == ["at", "the"]:
+        place = " ".join(rest[2:])
+        if place not in POSITIONS:
+            raise ValueError(f"cannot parse {caption!r}: unknown position {place!r}")
+        return {"objects": [first], "position": POSITIONS.index(place), "relation": None}
+    for r, phrase in enumerate(RELATIONS):
+        n = len(phrase.split())
+        if " ".join(rest[:n]) == phrase:
+            second, tail = one_object(rest[n:])
+            if tail:
+                raise ValueError(f"cannot parse {caption!r}: unexpected words {' '.join(tail)!r}")
+            return {"objects": [first, second], "position": None, "relation": r}
+    raise ValueError(f"cannot parse {caption!r}: expected 'at the <position>' or a relation after the first object")
+
+
 def true_relations(position_a: int, position_b: int) -> list[int]:
     """Indices of every relation that holds from the object at cell a to the object at cell b."""
     (row_a, col_a), (row_b, col_b) = divmod(position_a, 3), divmod(position_b, 3)

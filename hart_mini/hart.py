@@ -300,38 +300,21 @@ class HART(nn.Module):
     # --- files ---
 
     def save(self, path, tokenizer_file: str | Path, extra: dict | None = None) -> None:
-        """Save everything but the tokenizer, which is referenced: its file name (relative to `path`'s folder,
-        where it must sit) and its sha256, checked when loading."""
-        from hart_mini.pretrained import sha256
-
-        path = Path(path)
-        tokenizer_file = Path(tokenizer_file)
-        if tokenizer_file.parent.resolve() != path.parent.resolve():
-            raise ValueError(f"the tokenizer {str(tokenizer_file)!r} must sit in the same folder as {str(path)!r}")
+        """Save everything but the tokenizer, which is referenced by file name and sha256 (same folder)."""
         meta = {"kind": "hart", "transformer": dataclasses.asdict(self.cfg), "head": dataclasses.asdict(self.head_cfg),
                 "tokenizer": dataclasses.asdict(self.tokenizer.cfg), "text": self.text_tokenizer.to_dict(),
-                "tokenizer_file": tokenizer_file.name, "tokenizer_sha256": sha256(tokenizer_file),
-                "parameters": self.parameter_counts(), **(extra or {})}
-        weights = {k: v for k, v in self.state_dict().items() if not k.startswith("tokenizer.")}
-        checkpoint.save(path, weights, meta)
+                **HybridTokenizer.reference(path, tokenizer_file), "parameters": self.parameter_counts(),
+                **(extra or {})}
+        checkpoint.save(path, {k: v for k, v in self.state_dict().items() if not k.startswith("tokenizer.")}, meta)
 
     @classmethod
     def from_file(cls, path, device: str | torch.device = "cpu") -> HART:
         """Load a HART file and the tokenizer it names (same folder, sha256 checked)."""
-        from hart_mini.pretrained import sha256
-
-        path = Path(path)
         tensors, meta = checkpoint.load(path)
         if meta.get("kind") != "hart":
             raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a HART model")
-        tok_path = path.parent / meta["tokenizer_file"]
-        if not tok_path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} needs its tokenizer {str(tok_path)!r} beside it")
-        if sha256(tok_path) != meta["tokenizer_sha256"]:
-            raise ValueError(f"{str(tok_path)!r} is not the tokenizer {str(path)!r} was trained with (sha256 differs)")
-        tokenizer = HybridTokenizer.from_file(tok_path)
-        model = cls(TransformerConfig(**meta["transformer"]), tokenizer, CaptionTokenizer.from_dict(meta["text"]),
-                    HeadConfig(**meta["head"]))
+        model = cls(TransformerConfig(**meta["transformer"]), HybridTokenizer.beside(path, meta),
+                    CaptionTokenizer.from_dict(meta["text"]), HeadConfig(**meta["head"]))
         own = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
         checkpoint.load_module(model, {**own, **tensors}, str(path))
         model.meta = meta

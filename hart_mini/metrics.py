@@ -1,4 +1,4 @@
-"""Image metrics that need no trained network: PSNR and radially averaged power spectra.
+"""Image metrics: PSNR, radially averaged power spectra, and the Frechet distance of feature sets.
 
 The power spectrum shows what a tokenizer loses: the discrete tokens keep the low frequencies (shapes,
 colours) and drop the high ones (texture, noise, sharp edges). We summarise it as the share of energy
@@ -54,3 +54,30 @@ def high_frequency_energy(images: torch.Tensor) -> float:
 def high_frequency_ratio(reconstructions: torch.Tensor, originals: torch.Tensor) -> float:
     """High-frequency energy of reconstructions / of the originals (1.0 = all detail kept)."""
     return high_frequency_energy(reconstructions) / max(high_frequency_energy(originals), 1e-12)
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix, by eigendecomposition (float64)."""
+    values, vectors = torch.linalg.eigh(m)
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F), in float64:
+
+        ||mu_a - mu_b||^2 + Tr(S_a) + Tr(S_b) - 2 Tr( (S_a^1/2 S_b S_a^1/2)^1/2 )
+
+    The matrix square roots come from eigendecompositions of symmetric matrices, which stay stable where
+    scipy's general sqrtm can return complex noise.
+    """
+    a, b = a.double(), b.double()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (N, F) with the same F, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError("each feature set needs at least 2 samples")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    root_a = _sqrtm_psd(s_a)
+    cross = _sqrtm_psd(root_a @ s_b @ root_a)
+    fd = (mu_a - mu_b).pow(2).sum() + torch.trace(s_a) + torch.trace(s_b) - 2 * torch.trace(cross)
+    return float(fd.clamp_min(0))

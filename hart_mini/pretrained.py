@@ -9,31 +9,26 @@ byte of the weights, and the weights are safetensors (never pickle).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import torch
 
 from hart_mini import checkpoint
+from hart_mini.checkpoint import sha256
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MANIFEST = DATA / "manifest.json"
 
 
 def _loaders() -> dict:
+    from hart_mini.baselines import LatentDiffusion
     from hart_mini.hart import HART
+    from hart_mini.judge import Judge
     from hart_mini.tokenizer import HybridTokenizer
 
-    return {"tokenizer": HybridTokenizer.from_file, "hart": HART.from_file}
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"tokenizer": HybridTokenizer.from_file, "hart": HART.from_file, "judge": Judge.from_file,
+            "diffusion": LatentDiffusion.from_file}
 
 
 def manifest() -> dict:
@@ -84,7 +79,7 @@ def ship(kind: str, preset: str, source: str | Path, command: str, metrics: dict
         raise ValueError(f"{str(source)!r} holds a {meta.get('kind')!r}, not a {kind!r}")
     target = DATA / f"{name(kind, preset)}.safetensors"
     DATA.mkdir(exist_ok=True)
-    if kind == "hart":  # it names its tokenizer: point it at the shipped one, which must be the same file
+    if kind in ("hart", "diffusion"):  # it names its tokenizer: point it at the shipped one (the same file)
         tensors, meta = checkpoint.load(source)
         shipped_tokenizer = path("tokenizer", preset)
         if sha256(shipped_tokenizer) != meta["tokenizer_sha256"]:

@@ -132,3 +132,19 @@ class TextEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, attend)
         return self.norm(x)
+
+
+def text_condition(encoder: TextEncoder, project: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                   drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Caption tokens -> (prefix x (B, T, D), valid (B, T), pooled (B, D)), for every generator.
+
+    Dropped captions become HART's unconditional input: zero features, only the last position valid, a
+    zero pooled vector.
+    """
+    feats = encoder(ids, mask)  # (B, T, D)
+    pooled = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (B, D)
+    keep = ~drop[:, None]
+    last_only = torch.zeros_like(mask)
+    last_only[:, -1] = True
+    valid = torch.where(keep, mask, last_only)
+    return project(feats * keep[..., None]), valid, pooled * keep

@@ -17,6 +17,7 @@ decoder fine-tuned on discrete and continuous latents alternately, so one decode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -246,6 +247,24 @@ class HybridTokenizer(nn.Module):
         checkpoint.load_module(model, tensors, str(path))
         model.meta = meta
         return model.to(device).eval()
+
+    @staticmethod
+    def reference(path, tokenizer_file) -> dict:
+        """Metadata by which a model file at `path` names its tokenizer, which must sit in the same folder."""
+        path, tokenizer_file = Path(path), Path(tokenizer_file)
+        if tokenizer_file.parent.resolve() != path.parent.resolve():
+            raise ValueError(f"the tokenizer {str(tokenizer_file)!r} must sit in the same folder as {str(path)!r}")
+        return {"tokenizer_file": tokenizer_file.name, "tokenizer_sha256": checkpoint.sha256(tokenizer_file)}
+
+    @classmethod
+    def beside(cls, path, meta: dict) -> HybridTokenizer:
+        """Load the tokenizer that the model file at `path` (with metadata `meta`) names, checking its sha256."""
+        tok_path = Path(path).parent / meta["tokenizer_file"]
+        if not tok_path.is_file():
+            raise FileNotFoundError(f"{str(path)!r} needs its tokenizer {str(tok_path)!r} beside it")
+        if checkpoint.sha256(tok_path) != meta["tokenizer_sha256"]:
+            raise ValueError(f"{str(tok_path)!r} is not the tokenizer {str(path)!r} was trained with (sha256 differs)")
+        return cls.from_file(tok_path)
 
     def check_images(self, x: torch.Tensor) -> None:
         """Refuse inputs that are not (B, 3, H, W) float images in [-1, 1] at this tokenizer's size."""

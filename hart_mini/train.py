@@ -233,43 +233,32 @@ def sample_figure(model, prompts: list[str], path: Path, seed: int = 0) -> None:
     viz.save(viz.image_grid(images * 2 - 1, prompts, ncols=min(8, len(prompts))), path)
 
 
-def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, resume: bool = False,
-               device: str = "auto", max_minutes: float | None = None, command: str = "", mode: str | None = None
-               ) -> dict:
-    """Train HART (transformer + residual head) on a frozen tokenizer; writes OUT/hart.safetensors.
-
-    mode overrides preset.head.mode: off (discrete only), last (HART), full, early.
-    """
-    from dataclasses import asdict
-
+def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device):
+    """The tokenizer a generator trains on: a file or training folder, else the preset's shipped one."""
     from hart_mini import pretrained
-    from hart_mini.data import ToyShapes
-    from hart_mini.hart import HART
-    from hart_mini.runtime import autocast_dtype, describe_device, pick_device
-    from hart_mini.text import CaptionTokenizer
     from hart_mini.tokenizer import HybridTokenizer
 
-    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
-    out, device = Path(out), pick_device(device)
     if tokenizer is None:
-        tok_path = pretrained.path("tokenizer", preset.shipped)
+        path = pretrained.path("tokenizer", preset.shipped)
     else:
-        tok_path = Path(tokenizer) / "tokenizer.safetensors" if Path(tokenizer).is_dir() else Path(tokenizer)
-    tok = HybridTokenizer.from_file(tok_path, device)
+        path = Path(tokenizer) / "tokenizer.safetensors" if Path(tokenizer).is_dir() else Path(tokenizer)
+    tok = HybridTokenizer.from_file(path, device)
     if tok.cfg.image_size != preset.data.image_size:
-        raise ValueError(f"the tokenizer {str(tok_path)!r} takes {tok.cfg.image_size} px images but preset "
+        raise ValueError(f"the tokenizer {str(path)!r} takes {tok.cfg.image_size} px images but preset "
                          f"{preset.name!r} draws {preset.data.image_size} px ones")
-    text = CaptionTokenizer.toyshapes(preset.transformer.text_len)
-    head = preset.head if mode is None else dataclasses.replace(preset.head, mode=mode)
-    torch.manual_seed(preset.hart_train.seed)  # the initial weights, so that every run starts alike
-    model = HART(preset.transformer, tok, text, head).to(device)
+    return tok, path
+
+
+def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_path: Path, meta: dict,
+                     resume: bool, device: torch.device, deadline: float | None, command: str) -> dict:
+    """Shared by HART and the diffusion baseline: fit on ToyShapes, sample grids, save beside the tokenizer."""
+    import shutil
+
+    from hart_mini.data import ToyShapes
+    from hart_mini.runtime import autocast_dtype, describe_device
+
     data = ToyShapes(preset.data, "train")
     prompts = ToyShapes(preset.data, "val").batch(range(8))["caption"]
-    cfg = preset.hart_train
-    scale = model.measure_residual_scale(ToyShapes(preset.data, "val").batch(range(256))["image"].to(device))
-    meta = {"kind": "hart-training", "transformer": asdict(preset.transformer), "head": asdict(head),
-            "data": asdict(preset.data), "tokenizer_sha256": pretrained.sha256(tok_path),
-            "residual_scale": round(scale, 6)}
 
     def loss(step: int):
         batch = data.batch(batch_indices(cfg.seed, step, cfg.batch_size, len(data)))
@@ -279,16 +268,97 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, res
         sample_figure(model, prompts, out / "samples.png")
         _loss_figure(checkpoint.load(out / CHECKPOINT)[1]["history"], ("ce", "diff"), out / "loss.png")
 
-    result = fit(model, model.trainable_parameters(), loss, cfg, out, meta, resume, figures, "HART",
+    meta = {**meta, "data": dataclasses.asdict(preset.data), "tokenizer_sha256": checkpoint.sha256(tok_path)}
+    result = fit(model, model.trainable_parameters(), loss, cfg, out, meta, resume, figures, name,
                  autocast_dtype(device), deadline)
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
     if result["finished"]:
-        import shutil
-
         if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
-            shutil.copyfile(tok_path, out / "tokenizer.safetensors")  # a HART file names its tokenizer beside it
-        model.save(out / "hart.safetensors", out / "tokenizer.safetensors",
+            shutil.copyfile(tok_path, out / "tokenizer.safetensors")  # a model file names its tokenizer beside it
+        target = out / f"{name.lower().split()[0]}.safetensors"
+        model.save(target, out / "tokenizer.safetensors",
                    {"preset": preset.name, "train_seconds": round(result["seconds"], 1), "command": command,
                     "device": describe_device(device), "torch": torch.__version__})
-        summary["hart"] = str(out / "hart.safetensors")
+        summary["model"] = str(target)
+    return summary
+
+
+def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, resume: bool = False,
+               device: str = "auto", max_minutes: float | None = None, command: str = "", mode: str | None = None
+               ) -> dict:
+    """Train HART (transformer + residual head) on a frozen tokenizer; writes OUT/hart.safetensors.
+
+    mode overrides preset.head.mode: off (discrete only), last (HART), full, early.
+    """
+    from hart_mini.data import ToyShapes
+    from hart_mini.hart import HART
+    from hart_mini.runtime import pick_device
+    from hart_mini.text import CaptionTokenizer
+
+    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    out, device = Path(out), pick_device(device)
+    tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
+    head = preset.head if mode is None else dataclasses.replace(preset.head, mode=mode)
+    torch.manual_seed(preset.hart_train.seed)  # the initial weights, so that every run starts alike
+    model = HART(preset.transformer, tok, CaptionTokenizer.toyshapes(preset.transformer.text_len), head).to(device)
+    scale = model.measure_residual_scale(ToyShapes(preset.data, "val").batch(range(256))["image"].to(device))
+    meta = {"kind": "hart-training", "transformer": dataclasses.asdict(preset.transformer),
+            "head": dataclasses.asdict(head), "residual_scale": round(scale, 6)}
+    return _train_generator(model, "HART", preset, preset.hart_train, out, tok_path, meta, resume, device,
+                            deadline, command)
+
+
+def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None, resume: bool = False,
+                    device: str = "auto", max_minutes: float | None = None, command: str = "") -> dict:
+    """Train the latent diffusion baseline on a frozen tokenizer; writes OUT/diffusion.safetensors."""
+    from hart_mini.baselines import LatentDiffusion
+    from hart_mini.data import ToyShapes
+    from hart_mini.runtime import pick_device
+    from hart_mini.text import CaptionTokenizer
+
+    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    out, device = Path(out), pick_device(device)
+    tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
+    torch.manual_seed(preset.baseline_train.seed)
+    model = LatentDiffusion(preset.transformer, tok, CaptionTokenizer.toyshapes(preset.transformer.text_len),
+                            preset.baseline).to(device)
+    scale = model.measure_latent_scale(ToyShapes(preset.data, "val").batch(range(256))["image"].to(device))
+    meta = {"kind": "diffusion-training", "transformer": dataclasses.asdict(preset.transformer),
+            "diffusion": dataclasses.asdict(preset.baseline), "latent_scale": round(scale, 6)}
+    return _train_generator(model, "Diffusion baseline", preset, preset.baseline_train, out, tok_path, meta, resume,
+                            device, deadline, command)
+
+
+def train_judge(preset, out: str | Path, resume: bool = False, device: str = "auto",
+                max_minutes: float | None = None, command: str = "", n_eval: int = 5000) -> dict:
+    """Train the judge on real ToyShapes images; writes OUT/judge.safetensors with its held-out accuracy."""
+    from hart_mini.data import ToyShapes
+    from hart_mini.judge import Judge, attribute_accuracy, prompt_accuracy
+    from hart_mini.runtime import autocast_dtype, describe_device, pick_device
+
+    deadline = None if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    out, device = Path(out), pick_device(device)
+    data, cfg = ToyShapes(preset.data, "train"), preset.judge_train
+    torch.manual_seed(cfg.seed)
+    config = {"image_size": preset.data.image_size, "width": 32}
+    judge = Judge(**config).to(device)
+
+    def loss(step: int):
+        batch = data.batch(batch_indices(cfg.seed, step, cfg.batch_size, len(data)))
+        return judge.loss(batch["image"].to(device), batch["labels"])
+
+    result = fit(judge, list(judge.parameters()), loss, cfg, out, {"kind": "judge-training", "config": config,
+                 "data": dataclasses.asdict(preset.data)}, resume, None, "judge", autocast_dtype(device), deadline)
+    summary = {k: result[k] for k in ("step", "seconds", "finished")}
+    if result["finished"]:
+        held = ToyShapes(preset.data, "test", size=n_eval).batch(range(n_eval))
+        images = held["image"].to(device)
+        metrics = {"n": n_eval, **{f"acc_{k}": round(v, 4) for k, v in attribute_accuracy(judge, images,
+                                                                                         held["labels"]).items()}}
+        metrics["real_prompt_accuracy"] = round(prompt_accuracy(judge, images, held["caption"])["prompt_accuracy"], 4)
+        checkpoint.save(out / "judge.safetensors", judge.state_dict(), {
+            "kind": "judge", "config": config, "preset": preset.name, "metrics": metrics, "command": command,
+            "train_seconds": round(result["seconds"], 1), "device": describe_device(device),
+            "torch": torch.__version__})
+        summary.update(judge=str(out / "judge.safetensors"), metrics=metrics)
     return summary

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart_mini.config import TransformerConfig
-from hart_mini.text import TextEncoder
+from hart_mini.text import TextEncoder, text_condition
 
 
 def rope_angles(coords: torch.Tensor, head_dim: int, base: float = 100.0) -> torch.Tensor:
@@ -146,14 +146,7 @@ class NextScaleTransformer(nn.Module):
     def embed_text(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor):
         """-> (x (B, T, D), valid (B, T), cond (B, D)). Dropped captions become HART's unconditional branch:
         zero features, only the last position valid, zero pooled condition."""
-        feats = self.text(ids, mask)  # (B, T, D)
-        pooled = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (B, D)
-        keep = ~drop[:, None]
-        last_only = torch.zeros_like(mask)
-        last_only[:, -1] = True
-        feats, pooled = feats * keep[..., None], pooled * keep
-        valid = torch.where(keep, mask, last_only)
-        x = self.text_proj(feats)
+        x, valid, pooled = text_condition(self.text, self.text_proj, ids, mask, drop)
         scale1 = self.level_embed.weight[0] + (self.pos_embed[0] if self.pos_embed is not None else 0)
         x = torch.cat([x[:, :-1], x[:, -1:] + scale1], dim=1)  # the last position is scale 1's query
         return x, valid, pooled

@@ -1,0 +1,153 @@
+"""The judge: a small CNN that reads ToyShapes attributes back from an image. It is the course's honest
+stand-in for Inception (FID) and for GenEval, which we cannot download.
+
+For each cell of the 3x3 grid it predicts the shape there (or "none"), and the colour, size and texture
+of that shape. From its predictions:
+- prompt accuracy: does an image show what its caption asks for (objects, attributes, position or
+  relation)? Overall and per attribute, like a toy GenEval;
+- features: the pooled last conv layer (`features`), whose Frechet distance between generated and real
+  images is our FD (metrics.frechet_distance).
+
+Images are (B, 3, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hart_mini import checkpoint
+from hart_mini.data import COLOURS, SHAPES, SIZES, TEXTURES, parse_caption, true_relations
+
+NONE = len(SHAPES)  # the shape class of an empty cell
+HEADS = {"shape": len(SHAPES) + 1, "colour": len(COLOURS), "size": len(SIZES), "texture": len(TEXTURES)}
+ATTRIBUTES = ("shape", "colour", "size", "texture")
+
+
+def cell_targets(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Data labels (B, 11) -> per-cell targets (B, 9) per head; -100 (ignored) where a cell is empty."""
+    B = labels.shape[0]
+    out = {"shape": torch.full((B, 9), NONE, dtype=torch.long)}
+    out.update({k: torch.full((B, 9), -100, dtype=torch.long) for k in ("colour", "size", "texture")})
+    for slot in range(2):
+        obj = labels[:, slot * 5:(slot + 1) * 5]
+        present = obj[:, 0] >= 0
+        rows, cells = present.nonzero().flatten(), obj[present, 4]
+        for i, name in enumerate(ATTRIBUTES):
+            out[name][rows, cells] = obj[present, i]
+    return out
+
+
+class Judge(nn.Module):
+    """conv stages (each: two 3x3 convs + GroupNorm + SiLU, then 2x2 pooling) -> per-cell heads."""
+
+    def __init__(self, image_size: int = 32, width: int = 32):
+        super().__init__()
+        if image_size not in (32, 64):
+            raise ValueError(f"image_size={image_size!r} is invalid: expected 32 or 64")
+        self.image_size = image_size
+        layers, c_in = [], 3
+        widths = [width, 2 * width, 4 * width] + ([4 * width] if image_size == 64 else [])
+        for i, c in enumerate(widths):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c
+        self.body = nn.Sequential(*layers)  # (B, 4w, 8, 8)
+        self.cells = nn.Conv2d(c_in, sum(HEADS.values()), 1)  # per-cell logits, on 3x3 pooled features
+        self.feature_dim = c_in
+
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """-> ({head: logits (B, 9, classes)}, features (B, feature_dim))."""
+        h = self.body(x)  # (B, F, 8, 8)
+        logits = self.cells(F.adaptive_avg_pool2d(h, 3)).flatten(2).transpose(1, 2)  # (B, 9, sum classes)
+        return dict(zip(HEADS, logits.split(list(HEADS.values()), dim=-1))), h.mean(dim=(2, 3))
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        logits, _ = self(images)
+        targets = {k: v.to(images.device) for k, v in cell_targets(labels).items()}
+        losses = {k: F.cross_entropy(logits[k].flatten(0, 1), targets[k].flatten(), ignore_index=-100) for k in HEADS}
+        return sum(losses.values()), {k: v.item() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-cell predicted classes (B, 9) per head."""
+        logits, _ = self(images)
+        return {k: v.argmax(-1) for k, v in logits.items()}
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)[1]
+
+    @classmethod
+    def from_file(cls, path, device: str | torch.device = "cpu") -> Judge:
+        tensors, meta = checkpoint.load(path)
+        if meta.get("kind") != "judge":
+            raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a judge")
+        model = cls(**meta["config"])
+        checkpoint.load_module(model, tensors, str(path))
+        model.meta = meta
+        return model.to(device).eval()
+
+
+@torch.no_grad()
+def attribute_accuracy(judge: Judge, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Per-cell accuracy against true labels: shape over all cells (empty included), the other attributes
+    over occupied cells, and 'position' = every cell's occupancy right."""
+    pred = {k: v.cpu() for k, v in judge.predict(images).items()}
+    target = cell_targets(labels.cpu())
+    out = {"shape": float((pred["shape"] == target["shape"]).float().mean())}
+    occupied = target["shape"] != NONE
+    for k in ("colour", "size", "texture"):
+        out[k] = float((pred[k][occupied] == target[k][occupied]).float().mean())
+    out["position"] = float(((pred["shape"] != NONE) == occupied).all(1).float().mean())
+    return out
+
+
+def _objects(pred: dict[str, torch.Tensor], b: int) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """Detected objects of image b: (cell, (shape, colour, size, texture))."""
+    cells = (pred["shape"][b] != NONE).nonzero().flatten().tolist()
+    return [(c, tuple(int(pred[k][b, c]) for k in ATTRIBUTES)) for c in cells]
+
+
+def _agreement(objects: list, wanted: list) -> int:
+    """How many attributes of detected objects (cell, attributes) equal the wanted ones, pairwise."""
+    return sum(a == w for (_, got), want in zip(objects, wanted) for a, w in zip(got, want))
+
+
+@torch.no_grad()
+def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> dict:
+    """Share of images whose judged content matches their caption, overall and per attribute.
+
+    An image matches if the judge sees as many objects as the caption names, each with the named shape,
+    colour, size and texture, at the named position (one object) or in the named relation (two). For two
+    objects, caption objects are paired with detected ones in the order that matches more attributes.
+    """
+    pred = {k: v.cpu() for k, v in judge.predict(images).items()}
+    keys = ("count", *ATTRIBUTES, "position", "relation")
+    hits, totals, overall = dict.fromkeys(keys, 0), dict.fromkeys(keys, 0), 0
+    for b, caption in enumerate(captions):
+        want, seen = parse_caption(caption), _objects(pred, b)
+        n = len(want["objects"])
+        ok = {"count": len(seen) == n}
+        pairs = []
+        if len(seen) >= n:
+            orders = [[0], [1]] if n == 1 else [[0, 1], [1, 0]]
+            candidates = [[seen[i] for i in order] for order in orders if max(order) < len(seen)]
+            pairs = max(candidates, key=lambda objs, wanted=want["objects"]: _agreement(objs, wanted))
+        for i, name in enumerate(ATTRIBUTES):
+            ok[name] = bool(pairs) and all(got[i] == wanted[i] for (_, got), wanted in zip(pairs, want["objects"]))
+        if n == 1:
+            ok["position"] = bool(pairs) and pairs[0][0] == want["position"]
+        else:
+            ok["relation"] = len(pairs) == 2 and want["relation"] in true_relations(pairs[0][0], pairs[1][0])
+        for k, v in ok.items():
+            hits[k] += int(v)
+            totals[k] += 1
+        overall += int(all(ok.values()))
+    result = {"prompt_accuracy": overall / len(captions), "n": len(captions)}
+    result.update({f"acc_{k}": hits[k] / totals[k] for k in keys if totals[k]})
+    return result
+

@@ -1,0 +1,92 @@
+"""Judge, FD, prompt accuracy and the latent diffusion baseline."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hart_mini import pretrained
+from hart_mini.baselines import LatentDiffusion
+from hart_mini.config import get_preset
+from hart_mini.data import ToyShapes, parse_caption
+from hart_mini.judge import NONE, Judge, cell_targets, prompt_accuracy
+from hart_mini.metrics import frechet_distance
+from hart_mini.text import CaptionTokenizer
+from hart_mini.tokenizer import HybridTokenizer
+
+PRESET = get_preset("smoke")
+
+
+def test_fd_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    torch.manual_seed(0)
+    a = torch.randn(2000, 16) @ torch.randn(16, 16) + 3.0
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    distances = [frechet_distance(a, a + s * torch.randn_like(a)) for s in (0.1, 0.5, 1.0, 2.0)]
+    assert distances == sorted(distances) and distances[0] < 0.1 < distances[-1]
+    shifted = frechet_distance(a, a + torch.tensor(2.0))  # a pure mean shift of 2 in 16 dims: 16 * 4 = 64
+    assert shifted == pytest.approx(64.0, rel=1e-6)
+    with pytest.raises(ValueError, match="same F"):
+        frechet_distance(a, a[:, :3])
+
+
+def test_captions_parse_back_to_their_labels():
+    batch = ToyShapes(PRESET.data).batch(range(200))
+    for caption, labels in zip(batch["caption"], batch["labels"].tolist()):
+        parsed = parse_caption(caption)
+        assert parsed["objects"][0] == tuple(labels[0:4])
+        if labels[5] < 0:
+            assert parsed["position"] == labels[4] and parsed["relation"] is None
+        else:
+            assert parsed["objects"][1] == tuple(labels[5:9]) and parsed["relation"] == labels[10]
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_caption("a purple cloud")
+
+
+def test_cell_targets_put_each_object_in_its_cell():
+    labels = ToyShapes(PRESET.data).batch(range(50))["labels"]
+    targets = cell_targets(labels)
+    occupied = (targets["shape"] != NONE).sum(1)
+    assert torch.equal(occupied, (labels[:, [0, 5]] >= 0).sum(1))
+    assert torch.all((targets["colour"] >= 0) == (targets["shape"] != NONE))
+
+
+class _Oracle(Judge):
+    """A judge that reads the true labels: prompt accuracy must then be 1 on real images."""
+
+    def __init__(self, labels):
+        super().__init__()
+        self.labels = labels
+
+    def predict(self, images):
+        return cell_targets(self.labels)
+
+
+def test_prompt_accuracy_is_one_for_a_perfect_judge_and_drops_for_wrong_prompts():
+    batch = ToyShapes(PRESET.data).batch(range(100))
+    oracle = _Oracle(batch["labels"])
+    assert prompt_accuracy(oracle, batch["image"], batch["caption"])["prompt_accuracy"] == 1.0
+    shuffled = batch["caption"][1:] + batch["caption"][:1]
+    assert prompt_accuracy(oracle, batch["image"], shuffled)["prompt_accuracy"] < 0.2
+
+
+@pytest.mark.skipif(not pretrained.available("judge", "cpu"), reason="the cpu judge is not shipped yet")
+def test_shipped_judge_reads_real_images_correctly():
+    judge = pretrained.load("judge", "cpu")
+    held = ToyShapes(get_preset("cpu").data, "test").batch(range(500))
+    result = prompt_accuracy(judge, held["image"], held["caption"])
+    assert result["prompt_accuracy"] >= 0.95, result
+
+
+def test_latent_diffusion_baseline_trains_and_samples():
+    torch.manual_seed(0)
+    model = LatentDiffusion(PRESET.transformer, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(),
+                            dataclasses.replace(PRESET.baseline, sampling_steps=4))
+    batch = ToyShapes(PRESET.data).batch(range(4))
+    model.measure_latent_scale(batch["image"])
+    loss, logs = model.loss(batch["image"], batch["caption"])
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for p in model.tokenizer.parameters())
+    a = model.generate(batch["caption"][:2], cfg_scale=2.0, seed=1)
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, model.generate(batch["caption"][:2], cfg_scale=2.0, seed=1))
+    with pytest.raises(ValueError, match="cfg_scale=-1 is invalid"):
+        model.generate(["a red circle at the top"], cfg_scale=-1)
