@@ -52,12 +52,12 @@ class Context:
     def trained(self, mode: str):
         """A HART of the given head mode, trained with the preset's budget in OUT/<mode> (reused if there)."""
         from hart_mini.hart import HART
-        from hart_mini.train import train_hart
+        from hart_mini.train import RunOptions, train_hart
 
         folder = self.out / mode
         if not (folder / "hart.safetensors").exists():
-            train_hart(self.preset, folder, self.tokenizer, resume=(folder / "checkpoint.safetensors").exists(),
-                       device=str(self.device), mode=mode, command=f"ablate: train_hart(mode={mode!r})")
+            run = RunOptions(device=str(self.device), resume=True)
+            train_hart(self.preset, folder, self.tokenizer, run, f"ablate: train_hart(mode={mode!r})", mode)
         return HART.from_file(folder / "hart.safetensors", self.device)
 
     @property
@@ -144,7 +144,7 @@ def ablate_cfg(ctx: Context) -> tuple[dict, plt.Figure]:
 def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure]:
     """Stage (b) twice from the same stage (a): alternating vs continuous-only decoder, same budget."""
     from hart_mini.data import ToyShapes
-    from hart_mini.train import train_tokenizer
+    from hart_mini.train import RunOptions, train_tokenizer
 
     preset = ctx.preset
     variants, metrics = {}, {}
@@ -157,7 +157,7 @@ def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure
             tensors, meta = checkpoint.load(Path(stage_a) / "checkpoint.safetensors")
             meta["config"]["decoder_mode"] = mode  # same weights; only stage (b) differs
             checkpoint.save(folder / "stage_a" / "checkpoint.safetensors", tensors, meta)
-        train_tokenizer(p, folder, resume=True, device=str(ctx.device), command=f"ablate decoder ({mode})")
+        train_tokenizer(p, folder, RunOptions(device=str(ctx.device), resume=True), f"ablate decoder ({mode})")
         from hart_mini.tokenizer import HybridTokenizer
 
         variants[mode] = HybridTokenizer.from_file(folder / "tokenizer.safetensors", ctx.device)

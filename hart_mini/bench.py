@@ -75,3 +75,29 @@ def benchmark(generators: dict[str, tuple[Callable, int]], judge, data_config, d
                 "macs": round(base["macs_per_image"] / row["macs_per_image"], 2),
             }
     return out
+
+
+def kv_cache_speedup(presets: list, device: torch.device, batch: int = 8, repeats: int = 5) -> dict:
+    """Sampling time with and without the KV cache, for untrained models of each preset's size (the cache's
+    effect on time does not depend on the weights). Discrete tokens only, with guidance (doubled batch)."""
+    from hart_mini.data import ToyShapes
+    from hart_mini.hart import HART
+    from hart_mini.text import CaptionTokenizer
+    from hart_mini.tokenizer import HybridTokenizer
+
+    out = {}
+    for preset in presets:
+        torch.manual_seed(0)
+        model = HART(preset.transformer, HybridTokenizer(preset.tokenizer), CaptionTokenizer.toyshapes(),
+                     None).to(device).eval()
+        prompts = ToyShapes(preset.data, "test").batch(range(batch))["caption"]
+        def run(cache: bool, model=model, prompts=prompts) -> None:
+            model.sample_latent(prompts, cfg_scale=3.0, seed=0, use_cache=cache, use_head=False)
+
+        cached, uncached = timed(lambda: run(True), device, repeats), timed(lambda: run(False), device, repeats)
+        out[preset.name] = {"image_size": preset.data.image_size, "tokens": preset.tokenizer.num_tokens,
+                            "scales": len(preset.tokenizer.scales), "width": preset.transformer.width,
+                            "depth": preset.transformer.depth, "batch": batch,
+                            "seconds_with_cache": round(cached, 4), "seconds_without_cache": round(uncached, 4),
+                            "speedup": round(uncached / cached, 2)}
+    return out

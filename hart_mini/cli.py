@@ -1,7 +1,7 @@
 """The command line: `python -m hart_mini COMMAND ...`. Every command has --help and prints JSON.
 
     data preview     a captioned grid of ToyShapes images
-    demo             what the course builds, in one picture
+    demo             prompts -> images with the shipped HART, as a captioned grid
     train tokenizer  both tokenizer stages, resumable (--resume) and chunkable (--max-minutes)
     train hart       the next-scale transformer (+ residual head) on a frozen tokenizer's tokens
     train judge      the attribute classifier behind FD and prompt accuracy
@@ -12,6 +12,7 @@
     bench            HART vs discrete-only vs the diffusion baseline: latency, throughput, MACs, FD
     ablate NAME      head, full, early, steps, decoder, cfg: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
+    doctor           check this machine: device, bf16, SDPA kernels, a training burst, samples
     course student   student notebooks with the solutions removed
 """
 
@@ -50,20 +51,40 @@ def cmd_data_preview(args) -> dict:
                  "image_size": preset.data.image_size, "captions": batch["caption"]})
 
 
+DEMO_PROMPTS = [
+    "a large red striped circle at the top left", "a small blue square at the center",
+    "a large yellow dotted triangle at the bottom right", "a large green diamond at the top",
+    "a small purple striped circle left of a large orange square",
+    "a large blue dotted triangle above a small yellow circle",
+    "a large orange striped square at the left", "a small red dotted diamond right of a large green circle",
+]
+
+
 def cmd_demo(args) -> dict:
-    from hart_mini import viz
+    """HART's main job: prompts -> a captioned grid, with the shipped model (a data preview without one)."""
+    import time
+
+    from hart_mini import pretrained, viz
     from hart_mini.data import ToyShapes
+    from hart_mini.runtime import describe_device, pick_device
 
     preset = get_preset(args.preset)
-    batch = ToyShapes(preset.data, split="test").batch(range(8))
-    fig = viz.image_grid(batch["image"], batch["caption"], ncols=8,
-                         title="ToyShapes: the captions HART will learn to draw")
-    path = viz.save(fig, args.out)
-    return emit({
-        "out": str(path), "preset": preset.name, "what": "a preview of the training data",
-        "next": "notebooks/00_welcome.ipynb explains what the course builds on top of it",
-        "captions": batch["caption"],
-    })
+    device = pick_device(args.device)
+    if not pretrained.available("hart", preset.shipped):
+        batch = ToyShapes(preset.data, split="test").batch(range(8))
+        path = viz.save(viz.image_grid(batch["image"], batch["caption"], ncols=8,
+                                       title="ToyShapes (no shipped HART found: this is the training data)"), args.out)
+        return emit({"out": str(path), "preset": preset.name, "what": "a preview of the training data"})
+    model = pretrained.load("hart", preset.shipped, device)
+    start = time.perf_counter()
+    images = model.generate(DEMO_PROMPTS, cfg_scale=args.cfg, sampling_steps=args.steps, seed=args.seed)
+    seconds = time.perf_counter() - start
+    steps = args.steps or model.head_cfg.sampling_steps
+    title = f"HART ({preset.shipped} model): cfg {args.cfg}, {steps} head steps, seed {args.seed}"
+    path = viz.save(viz.image_grid(images * 2 - 1, DEMO_PROMPTS, ncols=4, title=title), args.out)
+    return emit({"out": str(path), "model": f"data/hart_{preset.shipped}.safetensors", "prompts": DEMO_PROMPTS,
+                 "cfg": args.cfg, "head_steps": steps, "seed": args.seed,
+                 "device": describe_device(device), "seconds": round(seconds, 3)})
 
 
 def command_line() -> str:
@@ -87,8 +108,7 @@ def resolve_tokenizer(ckpt: Path | None, preset: str, device: str):
 def cmd_train_tokenizer(args) -> dict:
     from hart_mini.train import train_tokenizer
 
-    result = train_tokenizer(get_preset(args.preset), args.out, args.resume, args.device, args.max_minutes,
-                             command_line())
+    result = train_tokenizer(get_preset(args.preset), args.out, run_options(args), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -96,24 +116,21 @@ def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
-    result = train_hart(get_preset(args.preset), args.out, args.tokenizer, args.resume, args.device,
-                        args.max_minutes, command_line(), mode)
+    result = train_hart(get_preset(args.preset), args.out, args.tokenizer, run_options(args), command_line(), mode)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
 def cmd_train_diffusion(args) -> dict:
     from hart_mini.train import train_diffusion
 
-    result = train_diffusion(get_preset(args.preset), args.out, args.tokenizer, args.resume, args.device,
-                             args.max_minutes, command_line())
+    result = train_diffusion(get_preset(args.preset), args.out, args.tokenizer, run_options(args), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
 def cmd_train_judge(args) -> dict:
     from hart_mini.train import train_judge
 
-    result = train_judge(get_preset(args.preset), args.out, args.resume, args.device, args.max_minutes,
-                         command_line(), args.n_eval)
+    result = train_judge(get_preset(args.preset), args.out, run_options(args), command_line(), args.n_eval)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -198,10 +215,17 @@ def cmd_eval_tokenizer(args) -> dict:
 def cmd_bench(args) -> dict:
     from hart_mini import checkpoint
     from hart_mini.baselines import LatentDiffusion
-    from hart_mini.bench import benchmark
+    from hart_mini.bench import benchmark, kv_cache_speedup
     from hart_mini.runtime import describe_device, pick_device
 
     device = pick_device(args.device)
+    if args.kv_cache:  # the KV cache alone, at 32 px (cpu preset sizes) and 64 px (gpu preset sizes)
+        result = {"kv_cache": kv_cache_speedup([get_preset("cpu"), get_preset("gpu")], device, args.batch,
+                                               args.repeats), "device": describe_device(device),
+                  "command": command_line()}
+        if args.json:
+            checkpoint.write_json(args.json, result)
+        return emit(result)
     preset = get_preset(args.preset)
     hart, hart_source = resolve_hart(args.hart, args.preset, args.device)
     if args.baseline is None:
@@ -236,6 +260,12 @@ def cmd_ablate(args) -> dict:
                     args.tokenizer, args.stage_a, judge, command_line()))
 
 
+def cmd_doctor(args) -> dict:
+    from hart_mini.doctor import doctor
+
+    return emit(doctor(get_preset(args.preset), args.device, args.steps, args.out))
+
+
 def cmd_ship(args) -> dict:
     import json
 
@@ -257,6 +287,34 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop cleanly at a checkpoint after this long; continue later with --resume")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="autocast dtype (auto: bf16 on CUDA, fp32 elsewhere)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes drawing batches ahead")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step and process")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak for MFU (default: bf16 dense peak of known GPUs)")
+
+
+def training(sub, name: str, help: str, func, on_tokenizer: bool = True) -> argparse.ArgumentParser:
+    """A `train NAME` command: preset, output folder, (tokenizer,) and the run options."""
+    p = sub.add_parser(name, help=help)
+    add_preset(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
+    if on_tokenizer:
+        p.add_argument("--tokenizer", type=Path, default=None,
+                       help="tokenizer file or training folder (default: the preset's shipped tokenizer)")
+    add_run_options(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def run_options(args):
+    from hart_mini.train import RunOptions
+
+    return RunOptions(device=args.device, precision=args.precision, compile=args.compile, workers=args.workers,
+                      grad_accum=args.grad_accum, max_minutes=args.max_minutes, resume=args.resume,
+                      peak_tflops=args.peak_tflops)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,43 +331,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="index of the first image")
     p.set_defaults(func=cmd_data_preview)
 
-    p = sub.add_parser("demo", help="the course's main job in one picture")
+    p = sub.add_parser("demo", help="prompts -> images with the shipped HART, as a captioned grid")
     add_preset(p)
     p.add_argument("--out", type=Path, default=Path("hart_mini_demo.png"), help="PNG to write")
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=None, help="head sampling steps (default: the model's, 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="action", required=True)
-    p = train.add_parser("tokenizer", help="train the hybrid tokenizer: stage (a) autoencoder + VQ, (b) decoder")
-    add_preset(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
-    add_run_options(p)
-    p.set_defaults(func=cmd_train_tokenizer)
-
-    p = train.add_parser("hart", help="train HART's transformer on the tokens of a frozen tokenizer")
-    add_preset(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help="tokenizer file or training folder (default: the preset's shipped tokenizer)")
+    p = training(train, "tokenizer", "train the hybrid tokenizer: stage (a) autoencoder + VQ, (b) decoder",
+                 cmd_train_tokenizer, on_tokenizer=False)
+    p = training(train, "hart", "train HART's transformer and residual head on a frozen tokenizer", cmd_train_hart)
     p.add_argument("--mode", choices=HEAD_MODES, default=None,
                    help="residual head: off, last (HART, the preset default), full (MAR-style), early")
     p.add_argument("--no-residual-head", action="store_true", help="the discrete-only model (same as --mode off)")
-    add_run_options(p)
-    p.set_defaults(func=cmd_train_hart)
-
-    p = train.add_parser("diffusion", help="train the DiT-style latent diffusion baseline")
-    add_preset(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, figures and the result")
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help="tokenizer file or training folder (default: the preset's shipped tokenizer)")
-    add_run_options(p)
-    p.set_defaults(func=cmd_train_diffusion)
-
-    p = train.add_parser("judge", help="train the attribute classifier used by FD and prompt accuracy")
-    add_preset(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints and judge.safetensors")
+    training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
+    p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
+                 on_tokenizer=False)
     p.add_argument("--n-eval", type=int, default=5000, help="held-out images for the reported accuracy")
-    add_run_options(p)
-    p.set_defaults(func=cmd_train_judge)
 
     p = sub.add_parser("sample", help="generate a captioned grid of images")
     add_preset(p)
@@ -361,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--cfg", type=float, default=3.0, help="guidance scale for every model")
     p.add_argument("--baseline-steps", type=int, default=30, help="DDIM steps of the baseline")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="only time sampling with vs without the KV cache at 32 px and 64 px (untrained models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.set_defaults(func=cmd_bench)
@@ -378,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="samples per evaluation (default: by preset)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("doctor", help="check this machine for the course (under 2 minutes)")
+    add_preset(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--steps", type=int, default=30, help="steps of the training burst")
+    p.add_argument("--out", type=Path, default=Path("doctor_samples.png"), help="PNG of a few samples")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("ship", help="copy a trained model into data/ and record it in data/manifest.json")
     p.add_argument("kind", choices=("tokenizer", "hart", "judge", "diffusion"), help="what the file holds")

@@ -62,6 +62,13 @@ def autocast_dtype(device: torch.device, name: str = "auto") -> torch.dtype | No
     return None
 
 
+def enable_tf32(device: torch.device) -> None:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores (what bf16 autocast leaves in fp32)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def describe_device(device: torch.device) -> str:
     """One human line: which device, and its name where torch knows it."""
     if device.type == "cuda":
@@ -69,3 +76,41 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "mps (Apple GPU)"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# --- several processes: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE ---------------------------------
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) of this process; (0, 0, 1) outside torchrun."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup_distributed(device: torch.device) -> torch.device:
+    """Under torchrun: join the process group (NCCL on CUDA, gloo on CPU) and return this rank's device."""
+    import torch.distributed as dist
+
+    rank, local_rank, size = world()
+    if size == 1:
+        return device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return device
+
+
+# Dense bf16 tensor-core peak, TFLOP/s, for model FLOP utilisation (MFU). Pass --peak-tflops for others.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+               "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The bf16 dense peak of a known CUDA device, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)

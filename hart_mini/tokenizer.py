@@ -119,6 +119,7 @@ class MultiScaleQuantizer(nn.Module):
         # How often each code was picked lately (EMA of its share); 0 at start, so the first restart
         # initialises the whole codebook from encoder outputs.
         self.register_buffer("usage", torch.zeros(cfg.codebook_size))
+        self.recent: list[torch.Tensor] = []  # the vectors the last training batch quantized (not saved)
 
     def phi(self, k: int) -> Phi:
         """The shared phi conv for scale k, chosen by its relative depth k / (K - 1)."""
@@ -311,10 +312,11 @@ class HybridTokenizer(nn.Module):
 
     # --- the two training stages ---
 
-    def stage_a_loss(self, x: torch.Tensor, restart: bool = False) -> tuple[torch.Tensor, dict]:
+    def stage_a_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Autoencoder + VQ: MSE(decode(f_hat), x) + vq_loss, straight-through to the encoder.
 
-        With p_continuous_a > 0, that share of the images decodes from f instead of f_hat.
+        With p_continuous_a > 0, that share of the images decodes from f instead of f_hat. The vectors each
+        scale quantized are kept in quantizer.recent: the trainer restarts dead codes onto them.
         """
         f = self.encode(x)
         indices, f_hat, vq_loss, rests = self.quantizer.quantize(f)
@@ -323,12 +325,12 @@ class HybridTokenizer(nn.Module):
             continuous = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.cfg.p_continuous_a
             f_st = torch.where(continuous, f, f_st)
         recon = F.mse_loss(self.decoder(f_st), x)
-        restarted = self.quantizer.restart_dead_codes(rests) if restart else 0
+        self.quantizer.recent = rests  # the pool for the trainer's next dead-code restart
         counts = torch.bincount(torch.cat([i.flatten() for i in indices]), minlength=self.cfg.codebook_size)
         p = counts.float() / counts.sum()
         perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
         logs = {"recon": recon.item(), "vq": vq_loss.item(), "perplexity": perplexity.item(),
-                "used": int((counts > 0).sum()), "restarted": restarted}
+                "used": int((counts > 0).sum())}
         return recon + vq_loss, logs
 
     def stage_a_parameters(self) -> list[nn.Parameter]:

@@ -48,7 +48,7 @@ def image_grid(images, captions: list[str] | None = None, ncols: int = 8, title:
     nrows = -(-n // ncols)
     if captions is not None and len(captions) != n:
         raise ValueError(f"got {n} images but {len(captions)} captions")
-    text_h = 0.0 if captions is None else 0.11 * (max(len(textwrap.wrap(c, wrap)) for c in captions) + 0.6)
+    text_h = 0.0 if captions is None else 0.14 * (max(len(textwrap.wrap(c, wrap)) for c in captions) + 0.8)
     height = nrows * (cell + text_h) + (0.3 if title else 0.0)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell, height), dpi=DPI, squeeze=False)
     for i, ax in enumerate(axes.flat):

@@ -56,3 +56,12 @@ def test_every_ablation_runs_at_smoke_size_and_writes_json_and_a_figure(name, mo
     assert main(args) == 0
     result = json.loads((tmp_path / f"{name}.json").read_text())
     assert result["ablation"] == name and result["n_eval"] == 4 and (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_kv_cache_benchmark_reports_both_sizes():
+    from hart_mini.bench import kv_cache_speedup
+
+    small = dataclasses.replace(PRESET, transformer=dataclasses.replace(PRESET.transformer, width=16, num_heads=2))
+    result = kv_cache_speedup([small], torch.device("cpu"), batch=2, repeats=1)
+    row = result["smoke"]
+    assert row["tokens"] == 130 and row["seconds_with_cache"] > 0 and row["speedup"] > 0

@@ -25,11 +25,13 @@ def test_data_preview_writes_png_and_json(tmp_path, capsys):
     assert out.stat().st_size > 0 and result["n"] == 3 and len(result["captions"]) == 3
 
 
-def test_demo_runs_as_a_module(tmp_path):
+def test_demo_runs_as_a_module_with_the_shipped_model(tmp_path):
     out = tmp_path / "demo.png"
-    proc = subprocess.run([sys.executable, "-m", "hart_mini", "demo", "--preset", "smoke", "--out", str(out)],
-                          capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout)["out"] == str(out) and out.is_file()
+    proc = subprocess.run([sys.executable, "-m", "hart_mini", "demo", "--preset", "smoke", "--out", str(out),
+                           "--device", "cpu"], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    assert result["out"] == str(out) and out.is_file()
+    assert len(result["prompts"]) == 8 and result["cfg"] == 3.0 and result["head_steps"] == 8
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):

@@ -13,7 +13,7 @@ from hart_mini.data import ToyShapes
 from hart_mini.hart import HART
 from hart_mini.text import CaptionTokenizer
 from hart_mini.tokenizer import HybridTokenizer
-from hart_mini.train import train_hart
+from hart_mini.train import RunOptions, train_hart
 
 PRESET = get_preset("smoke")
 
@@ -135,9 +135,9 @@ def test_two_runs_agree_and_training_resumes_exactly(tmp_path):
     preset = _short()
     train_hart(preset, tmp_path / "whole", tok)
     train_hart(preset, tmp_path / "again", tok)
-    first = train_hart(preset, tmp_path / "pieces", tok, max_minutes=0)
+    first = train_hart(preset, tmp_path / "pieces", tok, RunOptions(max_minutes=0))
     assert first["finished"] is False
-    train_hart(preset, tmp_path / "pieces", tok, resume=True)
+    train_hart(preset, tmp_path / "pieces", tok, RunOptions(resume=True))
     a, meta = checkpoint.load(tmp_path / "whole" / "hart.safetensors")
     b, _ = checkpoint.load(tmp_path / "pieces" / "hart.safetensors")
     c, _ = checkpoint.load(tmp_path / "again" / "hart.safetensors")

@@ -12,7 +12,7 @@ from hart_mini.config import SCALES_64, TokenizerConfig, get_preset
 from hart_mini.data import ToyShapes
 from hart_mini.evaluate import evaluate_tokenizer
 from hart_mini.tokenizer import HybridTokenizer
-from hart_mini.train import fit, train_tokenizer
+from hart_mini.train import RunOptions, fit, train_tokenizer
 
 SMOKE = get_preset("smoke").tokenizer
 
@@ -88,7 +88,7 @@ def test_first_restart_initialises_the_codebook_from_encoder_outputs():
     assert moved == SMOKE.codebook_size  # usage starts at zero: every code is dead
     pool = torch.cat([r.permute(0, 2, 3, 1).reshape(-1, SMOKE.latent_channels) for r in rests])
     nearest = torch.cdist(model.quantizer.codebook.weight, pool).min(1).values
-    assert float(nearest.max()) < 0.05 * float(pool.std()) + 1e-6
+    assert float(nearest.max().detach()) < 0.05 * float(pool.std()) + 1e-6
 
 
 def test_stage_b_trains_only_the_decoder():
@@ -147,9 +147,9 @@ def _short_preset(steps_a=6, steps_b=4):
 def test_resume_continues_exactly(tmp_path):
     preset = _short_preset()
     train_tokenizer(preset, tmp_path / "whole")
-    first = train_tokenizer(preset, tmp_path / "pieces", max_minutes=0)  # stops at the first checkpoint
+    first = train_tokenizer(preset, tmp_path / "pieces", RunOptions(max_minutes=0))  # stops at the first checkpoint
     assert first["stage_a"]["finished"] is False and first["stage_a"]["step"] == 1
-    train_tokenizer(preset, tmp_path / "pieces", resume=True)
+    train_tokenizer(preset, tmp_path / "pieces", RunOptions(resume=True))
     a, _ = checkpoint.load(tmp_path / "whole" / "tokenizer.safetensors")
     b, _ = checkpoint.load(tmp_path / "pieces" / "tokenizer.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -164,14 +164,15 @@ def test_existing_checkpoint_needs_resume_and_matching_config(tmp_path):
         train_tokenizer(preset, tmp_path)
     other = dataclasses.replace(preset, tokenizer=dataclasses.replace(preset.tokenizer, codebook_size=32))
     with pytest.raises(ValueError, match="config.codebook_size: expected 32, checkpoint has 64"):
-        train_tokenizer(other, tmp_path, resume=True)
+        train_tokenizer(other, tmp_path, RunOptions(resume=True))
 
 
 def test_fit_stops_on_a_non_finite_loss(tmp_path):
     model = torch.nn.Linear(2, 1)
     cfg = get_preset("smoke").tokenizer_train
     with pytest.raises(FloatingPointError, match="the loss is nan at step 0"):
-        fit(model, list(model.parameters()), lambda step: (model.weight.sum() * float("nan"), {}), cfg, tmp_path, {})
+        fit(model, list(model.parameters()), lambda step, micro, n: {},
+            lambda batch: (model.weight.sum() * float("nan"), {}), cfg, tmp_path, {})
 
 
 def test_saved_tokenizer_loads_and_evaluates(tmp_path, capsys):
