@@ -151,8 +151,9 @@ def cmd_eval_hart(args) -> dict:
     model, source = resolve_hart(args.ckpt, args.preset, args.device)
     judge = resolve_judge(args.judge, args.preset, args.device)
     generate = lambda prompts, seed: model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                                    sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
-    result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg,
+                                                    sampling_steps=args.steps, seed=args.seed + seed,
+                                                    use_head=not args.no_head)
+    result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": args.seed,
               "steps": args.steps or model.head_cfg.sampling_steps,
               **evaluate_generator(generate, judge, get_preset(args.preset).data, args.n)}
     if args.json:
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=None, help="head sampling steps (default: the model's)")
     p.add_argument("--no-head", action="store_true", help="evaluate the discrete-only images")
+    p.add_argument("--seed", type=int, default=0,
+                   help="added to every batch's seed: another value draws other samples for the same prompts")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_eval_hart)

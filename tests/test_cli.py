@@ -38,3 +38,13 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert main(["data", "preview", "--n", "0", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: indices=[] is invalid") and "Traceback" not in err
+
+
+def test_eval_hart_seed_draws_other_samples_for_the_same_prompts(capsys):
+    def fd(seed: int) -> float:
+        assert main(["eval", "hart", "--preset", "cpu", "--n", "8", "--device", "cpu", "--seed", str(seed)]) == 0
+        return json.loads(capsys.readouterr().out)["fd"]
+
+    first = fd(0)
+    assert fd(0) == first  # the same seed: the same samples
+    assert fd(1000) != first  # another seed: other samples, so another estimate
