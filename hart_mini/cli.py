@@ -28,8 +28,12 @@ from hart_mini.config import HEAD_MODES, PRESET_NAMES, default_preset_name, get_
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def emit(result: dict) -> dict:
-    """Print a command's result as JSON (the one output format of the CLI) and return it."""
+def emit(result: dict, json_file: Path | None = None) -> dict:
+    """Print a command's result as JSON (the one output format of the CLI), also to json_file if given."""
+    if json_file:
+        from hart_mini import checkpoint
+
+        checkpoint.write_json(json_file, result)
     print(json.dumps(result, indent=2, sort_keys=True))
     return result
 
@@ -92,17 +96,18 @@ def command_line() -> str:
     return "python -m hart_mini " + " ".join(sys.argv[1:])
 
 
-def resolve_tokenizer(ckpt: Path | None, preset: str, device: str):
-    """A tokenizer from --ckpt (file or training folder), else the shipped one for the preset."""
+def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
+    """A model of `kind` ('tokenizer', 'hart', 'judge', 'diffusion') and where it came from: --ckpt (a file,
+    or a training folder holding KIND.safetensors), else the one shipped for the preset (smoke uses cpu's)."""
     from hart_mini import pretrained
     from hart_mini.runtime import pick_device
-    from hart_mini.tokenizer import HybridTokenizer
 
     device = pick_device(device)
     if ckpt is None:
-        return pretrained.load("tokenizer", preset, device), f"shipped tokenizer ({preset})"
-    path = ckpt / "tokenizer.safetensors" if ckpt.is_dir() else ckpt
-    return HybridTokenizer.from_file(path, device), str(path)
+        shipped = get_preset(preset).shipped
+        return pretrained.load(kind, shipped, device), f"shipped {kind} ({shipped})"
+    path = ckpt / f"{kind}.safetensors" if ckpt.is_dir() else ckpt
+    return pretrained.loader(kind)(path, device=device), str(path)
 
 
 def cmd_train_tokenizer(args) -> dict:
@@ -134,50 +139,24 @@ def cmd_train_judge(args) -> dict:
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
-def resolve_judge(ckpt: Path | None, preset: str, device: str):
-    from hart_mini import pretrained
-    from hart_mini.judge import Judge
-    from hart_mini.runtime import pick_device
-
-    if ckpt is None:
-        return pretrained.load("judge", get_preset(preset).shipped, pick_device(device))
-    return Judge.from_file(ckpt / "judge.safetensors" if ckpt.is_dir() else ckpt, pick_device(device))
-
-
 def cmd_eval_hart(args) -> dict:
-    from hart_mini import checkpoint
     from hart_mini.evaluate import evaluate_generator
 
-    model, source = resolve_hart(args.ckpt, args.preset, args.device)
-    judge = resolve_judge(args.judge, args.preset, args.device)
+    model, source = resolve("hart", args.ckpt, args.preset, args.device)
+    judge, _ = resolve("judge", args.judge, args.preset, args.device)
     generate = lambda prompts, seed: model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                                     sampling_steps=args.steps, seed=args.seed + seed,
                                                     use_head=not args.no_head)
     result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": args.seed,
               "steps": args.steps or model.head_cfg.sampling_steps,
               **evaluate_generator(generate, judge, get_preset(args.preset).data, args.n)}
-    if args.json:
-        checkpoint.write_json(args.json, result)
-    return emit(result)
-
-
-def resolve_hart(ckpt: Path | None, preset: str, device: str):
-    from hart_mini import pretrained
-    from hart_mini.hart import HART
-    from hart_mini.runtime import pick_device
-
-    device = pick_device(device)
-    if ckpt is None:
-        shipped = get_preset(preset).shipped
-        return pretrained.load("hart", shipped, device), f"shipped HART ({shipped})"
-    path = ckpt / "hart.safetensors" if ckpt.is_dir() else ckpt
-    return HART.from_file(path, device), str(path)
+    return emit(result, args.json)
 
 
 def cmd_sample(args) -> dict:
     from hart_mini import viz
 
-    model, source = resolve_hart(args.ckpt, args.preset, args.device)
+    model, source = resolve("hart", args.ckpt, args.preset, args.device)
     prompts = [args.prompt] * args.n if args.prompt else model_prompts(model, args.n)
     images = model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                             sampling_steps=args.steps, seed=args.seed, use_head=not args.no_head)
@@ -196,26 +175,21 @@ def model_prompts(model, n: int) -> list[str]:
 
 
 def cmd_eval_tokenizer(args) -> dict:
-    from hart_mini import checkpoint
     from hart_mini.data import ToyShapes
     from hart_mini.evaluate import evaluate_tokenizer
 
-    tokenizer, source = resolve_tokenizer(args.ckpt, args.preset, args.device)
+    tokenizer, source = resolve("tokenizer", args.ckpt, args.preset, args.device)
     preset = get_preset(args.preset)
-    judge = resolve_judge(args.judge, args.preset, args.device) if args.fd else None
+    judge = resolve("judge", args.judge, args.preset, args.device)[0] if args.fd else None
     if tokenizer.cfg.image_size != preset.data.image_size:
         raise ValueError(f"the tokenizer takes {tokenizer.cfg.image_size} px images but preset {args.preset!r} "
                          f"draws {preset.data.image_size} px ones; pass the matching --preset")
     data = ToyShapes(preset.data, "test", size=max(args.n, 1))
     result = {"tokenizer": source, "split": "test", **evaluate_tokenizer(tokenizer, data, args.n, judge=judge)}
-    if args.json:
-        checkpoint.write_json(args.json, result)
-    return emit(result)
+    return emit(result, args.json)
 
 
 def cmd_bench(args) -> dict:
-    from hart_mini import checkpoint
-    from hart_mini.baselines import LatentDiffusion
     from hart_mini.bench import benchmark, kv_cache_speedup
     from hart_mini.runtime import describe_device, pick_device
 
@@ -224,18 +198,11 @@ def cmd_bench(args) -> dict:
         result = {"kv_cache": kv_cache_speedup([get_preset("cpu"), get_preset("gpu")], device, args.batch,
                                                args.repeats), "device": describe_device(device),
                   "command": command_line()}
-        if args.json:
-            checkpoint.write_json(args.json, result)
-        return emit(result)
+        return emit(result, args.json)
     preset = get_preset(args.preset)
-    hart, hart_source = resolve_hart(args.hart, args.preset, args.device)
-    if args.baseline is None:
-        from hart_mini import pretrained
-        baseline, base_source = pretrained.load("diffusion", preset.shipped, device), "shipped"
-    else:
-        path = args.baseline / "diffusion.safetensors" if args.baseline.is_dir() else args.baseline
-        baseline, base_source = LatentDiffusion.from_file(path, device), str(path)
-    judge = resolve_judge(args.judge, args.preset, args.device)
+    hart, hart_source = resolve("hart", args.hart, args.preset, args.device)
+    baseline, base_source = resolve("diffusion", args.baseline, args.preset, args.device)
+    judge, _ = resolve("judge", args.judge, args.preset, args.device)
     hart_params = sum(p.numel() for p in hart.trainable_parameters())
     generators = {
         "hart": (lambda p, s: hart.generate(p, cfg_scale=args.cfg, seed=s), hart_params),
@@ -248,9 +215,7 @@ def cmd_bench(args) -> dict:
     result.update(device=describe_device(device), hart=hart_source, baseline=base_source, cfg=args.cfg,
                   head_steps=hart.head_cfg.sampling_steps, baseline_steps=args.baseline_steps,
                   torch=__import__("torch").__version__, command=command_line())
-    if args.json:
-        checkpoint.write_json(args.json, result)
-    return emit(result)
+    return emit(result, args.json)
 
 
 def cmd_ablate(args) -> dict:

@@ -63,12 +63,17 @@ def path(kind: str, preset: str) -> Path:
     return file
 
 
-def load(kind: str, preset: str = "cpu", device: str | torch.device = "cpu"):
-    """Load the shipped model `kind` ('tokenizer', ...) trained for `preset`."""
+def loader(kind: str):
+    """The `from_file` of model `kind` ('tokenizer', 'hart', 'judge', 'diffusion')."""
     loaders = _loaders()
     if kind not in loaders:
         raise ValueError(f"kind={kind!r} is invalid: expected one of {tuple(loaders)}")
-    return loaders[kind](path(kind, preset), device=device)
+    return loaders[kind]
+
+
+def load(kind: str, preset: str = "cpu", device: str | torch.device = "cpu"):
+    """Load the shipped model `kind` ('tokenizer', ...) trained for `preset`."""
+    return loader(kind)(path(kind, preset), device=device)
 
 
 def ship(kind: str, preset: str, source: str | Path, command: str, metrics: dict, extra: dict | None = None) -> dict:

@@ -48,3 +48,11 @@ def test_eval_hart_seed_draws_other_samples_for_the_same_prompts(capsys):
     first = fd(0)
     assert fd(0) == first  # the same seed: the same samples
     assert fd(1000) != first  # another seed: other samples, so another estimate
+
+
+@pytest.mark.parametrize("kind", ["tokenizer", "hart", "judge", "diffusion"])
+def test_every_kind_resolves_to_the_cpu_model_shipped_for_smoke(kind):
+    from hart_mini.cli import resolve
+
+    model, source = resolve(kind, None, "smoke", "cpu")
+    assert source == f"shipped {kind} (cpu)" and model is not None
