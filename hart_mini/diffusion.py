@@ -63,11 +63,16 @@ class CosineSchedule:
         return x0, eps
 
     def respaced(self, sampling_steps: int) -> list[int]:
-        """sampling_steps step indices, evenly strided, from the noisiest (T-1) down to 0."""
+        """sampling_steps step indices from the noisiest (T-1) down, evenly strided by T / sampling_steps.
+
+        "Trailing" spacing (Lin et al. 2024, arXiv 2305.08891, table 2): t_i = round(T (n - i) / n) - 1. Each
+        of the n steps is a model call that removes real noise; the last call is at t = T/n - 1, not at t = 0,
+        where x_t is already x0 and the call would do nothing (so "2 steps" used to be one useful call).
+        """
         require(isinstance(sampling_steps, int) and 1 <= sampling_steps <= self.steps, "sampling_steps",
                 sampling_steps, f"an integer in [1, {self.steps}]")
-        return sorted({round(i * (self.steps - 1) / max(sampling_steps - 1, 1)) for i in range(sampling_steps)},
-                      reverse=True) if sampling_steps > 1 else [self.steps - 1]
+        n = sampling_steps
+        return [round(self.steps * (n - i) / n) - 1 for i in range(n)]
 
 
 def diffusion_loss(head: nn.Module, x0: torch.Tensor, z: torch.Tensor, schedule: CosineSchedule,

@@ -117,13 +117,33 @@ def _agreement(objects: list, wanted: list) -> int:
     return sum(a == w for (_, got), want in zip(objects, wanted) for a, w in zip(got, want))
 
 
+def _placed(objects: list, want: dict) -> bool:
+    """Is the position (one object) or the relation (two objects) of the paired detections the named one?"""
+    if len(objects) == 1:
+        return objects[0][0] == want["position"]
+    return want["relation"] in true_relations(objects[0][0], objects[1][0])
+
+
+def pair_objects(seen: list, want: dict) -> list:
+    """Pair the caption's objects with detected ones: among every ordered choice of detections (all of them,
+    not only the first two), take the one matching the most attributes; on a tie, one whose position or
+    relation holds. [] when fewer objects were detected than named."""
+    from itertools import permutations
+
+    n = len(want["objects"])
+    candidates = [list(objs) for objs in permutations(seen, n)]
+    if not candidates:
+        return []
+    return max(candidates, key=lambda objs: (_agreement(objs, want["objects"]), _placed(objs, want)))
+
+
 @torch.no_grad()
 def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> dict:
     """Share of images whose judged content matches their caption, overall and per attribute.
 
     An image matches if the judge sees as many objects as the caption names, each with the named shape,
-    colour, size and texture, at the named position (one object) or in the named relation (two). For two
-    objects, caption objects are paired with detected ones in the order that matches more attributes.
+    colour, size and texture, at the named position (one object) or in the named relation (two). Caption
+    objects are paired with detected ones by `pair_objects`.
     """
     pred = {k: v.cpu() for k, v in judge.predict(images).items()}
     keys = ("count", *ATTRIBUTES, "position", "relation")
@@ -132,17 +152,10 @@ def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> 
         want, seen = parse_caption(caption), _objects(pred, b)
         n = len(want["objects"])
         ok = {"count": len(seen) == n}
-        pairs = []
-        if len(seen) >= n:
-            orders = [[0], [1]] if n == 1 else [[0, 1], [1, 0]]
-            candidates = [[seen[i] for i in order] for order in orders if max(order) < len(seen)]
-            pairs = max(candidates, key=lambda objs, wanted=want["objects"]: _agreement(objs, wanted))
+        pairs = pair_objects(seen, want)
         for i, name in enumerate(ATTRIBUTES):
             ok[name] = bool(pairs) and all(got[i] == wanted[i] for (_, got), wanted in zip(pairs, want["objects"]))
-        if n == 1:
-            ok["position"] = bool(pairs) and pairs[0][0] == want["position"]
-        else:
-            ok["relation"] = len(pairs) == 2 and want["relation"] in true_relations(pairs[0][0], pairs[1][0])
+        ok["position" if n == 1 else "relation"] = bool(pairs) and _placed(pairs, want)
         for k, v in ok.items():
             hits[k] += int(v)
             totals[k] += 1

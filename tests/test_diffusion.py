@@ -44,12 +44,27 @@ def test_a_perfect_predictor_returns_the_clean_data(method, steps, prediction):
     assert torch.allclose(out, x0, atol=atol)
 
 
-def test_respacing_covers_both_ends_and_refuses_zero_steps():
+def test_respacing_starts_at_pure_noise_and_refuses_zero_steps():
     s = CosineSchedule(1000)
-    assert s.respaced(8)[0] == 999 and s.respaced(8)[-1] == 0 and len(s.respaced(8)) == 8
-    assert s.respaced(1) == [999]
+    assert s.respaced(8) == [999, 874, 749, 624, 499, 374, 249, 124]
+    assert s.respaced(1) == [999] and s.respaced(1000) == list(range(999, -1, -1))
     with pytest.raises(ValueError, match="sampling_steps=0 is invalid"):
         s.respaced(0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 8, 50])
+def test_n_sampling_steps_are_n_model_calls_that_each_remove_noise(steps):
+    s, calls = CosineSchedule(1000), []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    sample(model, (4, 2), s, steps, "v", "ddim", torch.Generator().manual_seed(0))
+    assert len(calls) == steps and len(set(calls)) == steps
+    # every call sees real noise: the last one is at t = T/n - 1, where sqrt(1 - abar_t) is not ~0
+    assert float((1 - s.abar[calls[-1]]).sqrt()) > 0.01
+    assert calls == sorted(calls, reverse=True) and calls[0] == 999
 
 
 def test_head_outputs_zero_at_initialisation():

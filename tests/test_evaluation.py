@@ -69,6 +69,40 @@ def test_prompt_accuracy_is_one_for_a_perfect_judge_and_drops_for_wrong_prompts(
     assert prompt_accuracy(oracle, batch["image"], shuffled)["prompt_accuracy"] < 0.2
 
 
+def _one_image_judge(cells: dict):
+    """A judge that sees, in one image, the objects {cell: (shape, colour, size, texture)}."""
+    pred = {k: torch.full((1, 9), NONE if k == "shape" else 0, dtype=torch.long) for k in ("shape", *ATTRS)}
+    for cell, attrs in cells.items():
+        for k, v in zip(("shape", *ATTRS), attrs):
+            pred[k][0, cell] = v
+
+    class _Fixed(torch.nn.Module):
+        def predict(self, images):
+            return pred
+
+    return _Fixed()
+
+
+ATTRS = ("colour", "size", "texture")
+
+
+def test_pairing_prefers_the_order_in_which_the_relation_holds_on_a_tie():
+    # two identical red small plain circles at cells 0 (top left) and 2 (top right): both orders match every
+    # attribute, and only (2, 0) makes "right of" true
+    judge = _one_image_judge({0: (0, 0, 0, 0), 2: (0, 0, 0, 0)})
+    caption = "a small red circle right of a small red circle"
+    assert prompt_accuracy(judge, torch.zeros(1, 3, 32, 32), [caption])["prompt_accuracy"] == 1.0
+
+
+def test_pairing_considers_every_detected_object_not_only_the_first_two():
+    # three detections; the caption's square and triangle are the 2nd and 3rd (cells 4 and 5)
+    judge = _one_image_judge({0: (0, 1, 0, 0), 4: (1, 0, 1, 0), 5: (2, 4, 0, 0)})
+    caption = "a large red square left of a small blue triangle"
+    result = prompt_accuracy(judge, torch.zeros(1, 3, 32, 32), [caption])
+    assert result["acc_shape"] == 1.0 and result["acc_colour"] == 1.0 and result["acc_relation"] == 1.0
+    assert result["acc_count"] == 0.0 and result["prompt_accuracy"] == 0.0  # three objects for two named
+
+
 @pytest.mark.skipif(not pretrained.available("judge", "cpu"), reason="the cpu judge is not shipped yet")
 def test_shipped_judge_reads_real_images_correctly():
     judge = pretrained.load("judge", "cpu")
