@@ -116,7 +116,10 @@ class TransformerConfig:
     mlp_ratio: float = 4.0
     text_len: int = 16  # T: captions are left-padded to this many words
     text_depth: int = 2  # blocks of the text encoder
-    position: str = "absolute"  # absolute | rope (2-D, coordinates normalised to the finest grid)
+    # absolute: a learned vector per image token (VAR); grid: fixed 2-D sin/cos features of the token's centre on
+    # the finest grid, the same for the cells of every scale that cover the same place, plus a learned vector;
+    # rope: 2-D rotary angles from those centres (HART's llama blocks)
+    position: str = "absolute"
     cond_dropout: float = 0.1  # share of captions dropped in training, for classifier-free guidance
     # Cross-entropy weight of a token of scale k, proportional to (pn_k^2)^-scale_balance and normalised to a
     # mean of 1 over the L tokens: 0 weighs every token alike (VAR), 1 gives every scale the same total weight.
@@ -132,7 +135,8 @@ class TransformerConfig:
             require((self.width // self.num_heads) % 4 == 0, "num_heads", self.num_heads,
                     "a value that leaves a head dimension divisible by 4 (2-D RoPE)")
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a number > 0")
-        require(self.position in ("absolute", "rope"), "position", self.position, "'absolute' or 'rope'")
+        require(self.position in ("absolute", "grid", "rope"), "position", self.position,
+                "'absolute', 'grid' or 'rope'")
         require(0.0 <= self.cond_dropout < 1.0, "cond_dropout", self.cond_dropout, "a number in [0, 1)")
         require(0.0 <= self.scale_balance <= 1.0, "scale_balance", self.scale_balance, "a number in [0, 1]")
 

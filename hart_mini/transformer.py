@@ -15,6 +15,8 @@ over its own pn^2 tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +37,22 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def grid_embedding(coords: torch.Tensor, finest: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sin/cos features (N, width) of token centres coords (N, 2) on a finest x finest grid.
+
+    u = coords / finest in (0, 1); angular frequencies w_j = pi * finest^(j / (width/4 - 1)), from half a turn
+    across the image (left vs right) to half a turn per finest cell; features [sin(u_x w), cos(u_x w),
+    sin(u_y w), cos(u_y w)]. A 2x2 cell and the 3x3 or 8x8 cells at the same place get similar features.
+    """
+    quarter = width // 4
+    exponent = torch.arange(quarter, dtype=torch.float32) / max(quarter - 1, 1)
+    freq = math.pi * float(finest) ** exponent  # (width/4,)
+    u = coords.float() / finest  # (N, 2)
+    x, y = u[:, :1] * freq, u[:, 1:] * freq  # (N, width/4) each
+    out = torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (N, 4 * quarter)
+    return torch.nn.functional.pad(out, (0, width - out.shape[1]))
 
 
 def block_causal_mask(level: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
@@ -122,7 +140,7 @@ class NextScaleTransformer(nn.Module):
         self.text_proj = nn.Linear(D, D)  # HART's context_embed
         self.word_embed = nn.Linear(latent_channels, D)  # latent vectors (C) -> tokens (D)
         self.level_embed = nn.Embedding(K, D)
-        self.pos_embed = nn.Parameter(torch.randn(L, D) * 0.02) if cfg.position == "absolute" else None
+        self.pos_embed = nn.Parameter(torch.randn(L, D) * 0.02) if cfg.position != "rope" else None
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True) for _ in range(cfg.depth))
         self.head_norm = nn.LayerNorm(D, elementwise_affine=False)
         self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))  # AdaLN before the head
@@ -134,6 +152,8 @@ class NextScaleTransformer(nn.Module):
         coords = torch.cat([self._grid(p, scales[-1]) for p in scales])
         self.register_buffer("levels", levels, persistent=False)  # (L,)
         self.register_buffer("coords", coords, persistent=False)  # (L, 2)
+        grid = grid_embedding(coords, scales[-1], D) if cfg.position == "grid" else torch.zeros(L, D)
+        self.register_buffer("grid", grid, persistent=False)  # (L, D), fixed
         self.starts = [sum(p * p for p in scales[:k]) for k in range(K + 1)]  # first token of each scale
 
     @staticmethod
@@ -147,14 +167,14 @@ class NextScaleTransformer(nn.Module):
         """-> (x (B, T, D), valid (B, T), cond (B, D)). Dropped captions become HART's unconditional branch:
         zero features, only the last position valid, zero pooled condition."""
         x, valid, pooled = text_condition(self.text, self.text_proj, ids, mask, drop)
-        scale1 = self.level_embed.weight[0] + (self.pos_embed[0] if self.pos_embed is not None else 0)
+        scale1 = self.level_embed.weight[0] + self.grid[0] + (self.pos_embed[0] if self.pos_embed is not None else 0)
         x = torch.cat([x[:, :-1], x[:, -1:] + scale1], dim=1)  # the last position is scale 1's query
         return x, valid, pooled
 
     def embed_scales(self, inputs: torch.Tensor, first: int) -> torch.Tensor:
         """Latent inputs (B, n, C) for image tokens first..first+n-1 -> (B, n, D)."""
         pos = slice(first, first + inputs.shape[1])
-        x = self.word_embed(inputs) + self.level_embed(self.levels[pos])
+        x = self.word_embed(inputs) + self.level_embed(self.levels[pos]) + self.grid[pos]
         return x + self.pos_embed[pos] if self.pos_embed is not None else x
 
     def rope(self, n_text: int, image_positions: slice | None) -> torch.Tensor | None:

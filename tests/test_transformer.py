@@ -162,3 +162,14 @@ def test_bad_transformer_config_names_the_field():
         TransformerConfig(position="learned")
     with pytest.raises(ValueError, match="cond_dropout=1.0 is invalid"):
         dataclasses.replace(TransformerConfig(), cond_dropout=1.0)
+
+
+def test_grid_position_features_tell_coarse_cells_apart_and_match_fine_cells_at_the_same_place():
+    from hart_mini.transformer import NextScaleTransformer, grid_embedding
+
+    coarse = grid_embedding(NextScaleTransformer._grid(2, 8), 8, 64)  # the four 2x2 cells, (4, 64)
+    fine = grid_embedding(NextScaleTransformer._grid(8, 8), 8, 64)  # the 64 8x8 cells
+    assert torch.cdist(coarse, coarse).add(torch.eye(4) * 1e9).min() > 1.0  # well apart, not 0.02 apart
+    nearest = torch.cdist(coarse, fine).argmin(1)  # the fine cell most like each coarse cell
+    rows, cols = nearest // 8, nearest % 8
+    assert ((rows < 4).tolist(), (cols < 4).tolist()) == ([True, True, False, False], [True, False, True, False])
