@@ -224,7 +224,8 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
             with (runner.no_sync() if not sync and size > 1 else torch.enable_grad()):
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss, logs = runner(batch)
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss):  # stop before the step: the last checkpoint keeps the last good weights
+                    bar.close()  # so that the error starts its own line
                     raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}; "
                                              "lower the learning rate")
                 (loss / len(micro_batches)).backward()
