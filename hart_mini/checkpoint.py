@@ -82,13 +82,13 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path
     return path
 
 
-def _header(path: Path) -> tuple[dict, list[str]]:
-    """The safetensors header's metadata and tensor names, without reading any tensor."""
+def _header(path: Path) -> dict:
+    """The metadata of a safetensors header, without reading any tensor."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}, list(f.keys())
+            return f.metadata() or {}
     except Exception as e:
         raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {e}") from e
 
@@ -97,9 +97,8 @@ def _metadata(path: Path, header: dict) -> dict:
     """The hart_mini metadata of a header, refused if it was edited after saving."""
     if META_KEY not in header:
         raise ValueError(f"{str(path)!r} has no hart_mini metadata; was it written by hart_mini.checkpoint.save?")
-    text = header[META_KEY]
-    if CHECKSUM_KEY in header and json.loads(header[CHECKSUM_KEY])["metadata"] != hashlib.sha256(
-            text.encode()).hexdigest():
+    text, saved = header[META_KEY], json.loads(header.get(CHECKSUM_KEY, "{}"))
+    if "metadata" in saved and saved["metadata"] != hashlib.sha256(text.encode()).hexdigest():
         raise ValueError(f"{str(path)!r}: its metadata was edited after saving (checksum differs); a changed "
                          "config (num_heads, head mode, prediction, ...) builds another model than the one "
                          "trained: restore the original file")
@@ -109,15 +108,16 @@ def _metadata(path: Path, header: dict) -> dict:
 def read_meta(path: str | Path) -> dict:
     """A checkpoint's metadata alone (checked against its checksum), without reading the tensors."""
     path = Path(path)
-    return _metadata(path, _header(path)[0])
+    return _metadata(path, _header(path))
 
 
 def verify(path: str | Path, header: dict, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse tensors that differ from the checksum saved with them, or that hold NaN."""
-    if CHECKSUM_KEY not in header:
-        warnings.warn(f"{str(path)!r} carries no checksum (saved before hart_mini wrote them): its tensors "
-                      "cannot be verified; save it again with hart_mini.checkpoint.save to add one", stacklevel=3)
-    elif json.loads(header[CHECKSUM_KEY])["tensors"] != tensors_sha256(tensors):
+    saved = json.loads(header.get(CHECKSUM_KEY, "{}"))
+    if "tensors" not in saved:
+        warnings.warn(f"{str(path)!r} carries no checksum (it was saved before hart_mini wrote them), so its "
+                      "tensors cannot be verified", stacklevel=3)
+    elif saved["tensors"] != tensors_sha256(tensors):
         raise ValueError(f"{str(path)!r}: its tensors do not match the checksum saved with them: the file is "
                          "damaged or was edited; restore it from a copy, or retrain")
     nan = [k for k, v in tensors.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
@@ -130,7 +130,7 @@ def verify(path: str | Path, header: dict, tensors: dict[str, torch.Tensor]) -> 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """Load (tensors, metadata) from a checkpoint written by `save`, verified against its checksums."""
     path = Path(path)
-    header, _ = _header(path)
+    header = _header(path)
     meta = _metadata(path, header)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:

@@ -4,6 +4,8 @@ A training command writes into a *run folder* and leaves a small manifest there,
 
     {"kind": "hart", "stage": "finished", "preset": "cpu", "command": "python -m hart_mini train hart ..."}
 
+The stage is "training" (a tokenizer: "stage a", then "stage b") until the final model is saved.
+
 `prepare` reads it (or, for folders written before run.json existed, the kind of the checkpoints there)
 and refuses, before the first step, to
 - write into a folder that holds another run, of any kind, unless told to resume it or to overwrite it;
@@ -168,7 +170,7 @@ def prepare(out: str | Path, kind: str, run, writes: dict[str, str | None], pres
             for name in CHECKPOINTS[kind]:
                 for stale in (out / name, (out / name).with_suffix(".json")):
                     stale.unlink(missing_ok=True)
-        stage = held["stage"] if run.resume and held else ("a" if kind == "tokenizer" else "training")
+        stage = held["stage"] if run.resume and held else ("stage a" if kind == "tokenizer" else "training")
         record(out, kind, stage, preset, command)
     _barrier()
     return out

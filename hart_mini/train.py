@@ -376,7 +376,7 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
     result = {"stage_a": {k: a[k] for k in ("step", "seconds", "finished")}}
     if not a["finished"]:
         return result
-    runs.mark(out, "b")
+    runs.mark(out, "stage b")
     params = model.start_stage_b()
     b = fit(model, params, toyshapes_batches(data, cfg_b), loss_b, cfg_b, out / "stage_b", {**meta, "stage": "b"},
             run, figures(out / "stage_b", ("recon",)), "tokenizer (b) decoder fine-tune", tokens, deadline)
