@@ -4,7 +4,8 @@ One file per concept, read top to bottom beside its notebook:
     config     dataclass configs and the smoke / cpu / gpu presets
     data       ToyShapes (procedural text-to-image data) and a folder dataset
     runtime    seeding, device and dtype selection
-    checkpoint safetensors checkpoints, atomic writes, config checks
+    checkpoint safetensors checkpoints, atomic writes, checksums, config checks
+    runs       run folders (run.json) and output paths, checked before any work
     metrics    PSNR and power spectra
     viz        image grids and plots of fixed size
     check      exercise checkers

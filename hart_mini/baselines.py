@@ -143,8 +143,9 @@ class LatentDiffusion(nn.Module):
         tensors, meta = checkpoint.load(path)
         if meta.get("kind") != "diffusion":
             raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a latent diffusion model")
-        model = cls(TransformerConfig(**meta["transformer"]), HybridTokenizer.beside(path, meta),
-                    CaptionTokenizer.from_dict(meta["text"]), BaselineConfig(**meta["diffusion"]))
+        cfg = checkpoint.config_from(TransformerConfig, meta, "transformer", path)
+        diffusion = checkpoint.config_from(BaselineConfig, meta, "diffusion", path)
+        model = cls(cfg, HybridTokenizer.beside(path, meta), CaptionTokenizer.from_dict(meta["text"]), diffusion)
         own = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
         checkpoint.load_module(model, {**own, **tensors}, str(path))
         model.meta = meta

@@ -5,6 +5,12 @@ so weights and config can never drift apart; a pretty copy `NAME.json` sits besi
 Every write goes to a temporary file in the same folder and is then renamed over the target, so a crash
 or `kill -9` mid-write leaves the previous file intact. Nothing is ever unpickled: optimizer and RNG
 states are stored as plain tensors plus JSON.
+
+Every file also carries two sha256 checksums, verified on load: one of its tensors (names, dtypes,
+shapes, bytes) and one of its metadata. A damaged file (zeroed or flipped bytes) is refused, and so is
+hand-edited metadata: a changed `num_heads`, head mode or prediction target would build a model that
+is not the one trained, and sample other images without any error. Files saved before checksums
+existed still load, with a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 META_KEY = "hart_mini"
+CHECKSUM_KEY = "hart_mini_sha256"  # {"tensors": sha256, "metadata": sha256}, beside META_KEY in the header
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -51,31 +59,100 @@ def write_json(path: str | Path, obj: object) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of tensors: each one's name, dtype, shape and bytes, in name order (independent of the file)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Save tensors + JSON-able metadata to `path` (.safetensors) and a readable `.json` beside it."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path {str(path)!r} must end in .safetensors")
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, safetensors_bytes(plain, metadata={META_KEY: json.dumps(meta, sort_keys=True)}))
+    text = json.dumps(meta, sort_keys=True)
+    sums = {"tensors": tensors_sha256(plain), "metadata": hashlib.sha256(text.encode()).hexdigest()}
+    atomic_write(path, safetensors_bytes(plain, metadata={META_KEY: text, CHECKSUM_KEY: json.dumps(sums)}))
     write_json(path.with_suffix(".json"), meta)
     return path
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """Load (tensors, metadata) from a checkpoint written by `save`."""
-    path = Path(path)
+def _header(path: Path) -> dict:
+    """The metadata of a safetensors header, without reading any tensor."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            header = f.metadata() or {}
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {e}") from e
+
+
+def _metadata(path: Path, header: dict) -> dict:
+    """The hart_mini metadata of a header, refused if it was edited after saving."""
+    if META_KEY not in header:
+        raise ValueError(f"{str(path)!r} has no hart_mini metadata; was it written by hart_mini.checkpoint.save?")
+    text, saved = header[META_KEY], json.loads(header.get(CHECKSUM_KEY, "{}"))
+    if "metadata" in saved and saved["metadata"] != hashlib.sha256(text.encode()).hexdigest():
+        raise ValueError(f"{str(path)!r}: its metadata was edited after saving (checksum differs); a changed "
+                         "config (num_heads, head mode, prediction, ...) builds another model than the one "
+                         "trained: restore the original file")
+    return json.loads(text)
+
+
+def read_meta(path: str | Path) -> dict:
+    """A checkpoint's metadata alone (checked against its checksum), without reading the tensors."""
+    path = Path(path)
+    return _metadata(path, _header(path))
+
+
+def verify(path: str | Path, header: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that differ from the checksum saved with them, or that hold NaN."""
+    saved = json.loads(header.get(CHECKSUM_KEY, "{}"))
+    if "tensors" not in saved:
+        warnings.warn(f"{str(path)!r} carries no checksum (it was saved before hart_mini wrote them), so its "
+                      "tensors cannot be verified", stacklevel=3)
+    elif saved["tensors"] != tensors_sha256(tensors):
+        raise ValueError(f"{str(path)!r}: its tensors do not match the checksum saved with them: the file is "
+                         "damaged or was edited; restore it from a copy, or retrain")
+    nan = [k for k, v in tensors.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    if nan:
+        more = f" and {len(nan) - 1} other tensors" if len(nan) > 1 else ""
+        raise ValueError(f"{str(path)!r} holds NaN in {nan[0]}{more}: it was saved from a diverged model; use an "
+                         "earlier checkpoint, or retrain with a lower learning rate")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Load (tensors, metadata) from a checkpoint written by `save`, verified against its checksums."""
+    path = Path(path)
+    header = _header(path)
+    meta = _metadata(path, header)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {e}") from e
-    if META_KEY not in header:
-        raise ValueError(f"{str(path)!r} has no hart_mini metadata; was it written by hart_mini.checkpoint.save?")
-    return tensors, json.loads(header[META_KEY])
+    verify(path, header, tensors)
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors, meta
+
+
+def config_from(build, meta: dict, key: str, path: str | Path):
+    """build(**meta[key]) (a config dataclass, or a model's constructor), refusing metadata that this code
+    cannot build (an unknown field, an invalid value) with a message that names the file."""
+    fields = meta.get(key)
+    if not isinstance(fields, dict):
+        raise ValueError(f"{str(path)!r} has no {key!r} config in its metadata")
+    try:
+        return build(**fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(path)!r}: its {key!r} metadata cannot build a {build.__name__}: {e}") from e
 
 
 def config_differences(expected: dict, found: dict, prefix: str = "") -> list[str]:

@@ -21,12 +21,79 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from hart_mini.config import HEAD_MODES, PRESET_NAMES, default_preset_name, get_preset
+from hart_mini import runs
+from hart_mini.config import HEAD_MODES, MAX_CFG_SCALE, PRESET_NAMES, default_preset_name, get_preset
+from hart_mini.runs import IMAGE_SUFFIXES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: argument --n: 0 is invalid: expected an integer >= 1 (...)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+# --- argument types: a bad value is refused while parsing, before any work, naming the flag ---------------
+
+
+def count(low: int, why: str = ""):
+    """An integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is invalid: expected an integer >= {low}{why}")
+        return value
+    return parse
+
+
+def eval_count(text: str) -> int:
+    """0 (no evaluation) or the >= 2 samples a Frechet distance needs."""
+    value = count(0)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("1 is invalid: expected 0 (speed only) or an integer >= 2 (FD needs 2)")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number")
+    return value
+
+
+def guidance(text: str) -> float:
+    """A classifier-free guidance scale in [0, MAX_CFG_SCALE]."""
+    value = number(text)
+    if not 0 <= value <= MAX_CFG_SCALE:
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number in [0, {MAX_CFG_SCALE:g}] "
+                                         "(0 = no guidance; larger values only amplify noise)")
+    return value
+
+
+def probability(text: str) -> float:
+    value = number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number in (0, 1] (1 = off)")
+    return value
+
+
+def prompt(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the prompt is empty: describe an image, e.g. 'a large red striped "
+                                         "circle at the top', or leave out --prompt to use held-out captions")
+    return text
 
 
 def emit(result: dict, json_file: Path | None = None) -> dict:
@@ -49,6 +116,7 @@ def cmd_data_preview(args) -> dict:
     from hart_mini.data import ToyShapes
 
     preset = get_preset(args.preset)
+    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
     dataset = ToyShapes(preset.data, split=args.split)
     batch = dataset.batch(range(args.start, args.start + args.n))
     path = viz.save(viz.image_grid(batch["image"], batch["caption"], ncols=min(8, args.n)), args.out)
@@ -66,21 +134,16 @@ DEMO_PROMPTS = [
 
 
 def cmd_demo(args) -> dict:
-    """HART's main job: prompts -> a captioned grid, with the shipped model (a data preview without one)."""
+    """HART's main job: prompts -> a captioned grid, with the shipped model (an error without one)."""
     import time
 
     from hart_mini import pretrained, viz
-    from hart_mini.data import ToyShapes
     from hart_mini.runtime import describe_device, pick_device
 
     preset = get_preset(args.preset)
+    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
     device = pick_device(args.device)
-    if not pretrained.available("hart", preset.shipped):
-        batch = ToyShapes(preset.data, split="test").batch(range(8))
-        path = viz.save(viz.image_grid(batch["image"], batch["caption"], ncols=8,
-                                       title="ToyShapes (no shipped HART found: this is the training data)"), args.out)
-        return emit({"out": str(path), "preset": preset.name, "what": "a preview of the training data"})
-    model = pretrained.load("hart", preset.shipped, device)
+    model = pretrained.load("hart", preset.shipped, device)  # no shipped HART: a FileNotFoundError that says so
     start = time.perf_counter()
     images = model.generate(DEMO_PROMPTS, cfg_scale=args.cfg, sampling_steps=args.steps, seed=args.seed)
     seconds = time.perf_counter() - start
@@ -93,8 +156,9 @@ def cmd_demo(args) -> dict:
 
 
 def command_line() -> str:
-    """The command as typed, for manifests: `python -m hart_mini ...`."""
-    return "python -m hart_mini " + " ".join(sys.argv[1:])
+    """The command as typed, for manifests and results: `python -m hart_mini ...`, with absolute paths made
+    relative to the repository (or bare names outside it), so no result records one machine's folders."""
+    return runs.portable_command(sys.argv[1:])
 
 
 def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
@@ -108,13 +172,13 @@ def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
         shipped = get_preset(preset).shipped
         return pretrained.load(kind, shipped, device), f"shipped {kind} ({shipped})"
     path = ckpt / f"{kind}.safetensors" if ckpt.is_dir() else ckpt
-    return pretrained.loader(kind)(path, device=device), str(path)
+    return pretrained.loader(kind)(path, device=device), runs.portable(path)
 
 
 def cmd_train_tokenizer(args) -> dict:
     from hart_mini.train import train_tokenizer
 
-    result = train_tokenizer(get_preset(args.preset), args.out, run_options(args), command_line())
+    result = train_tokenizer(get_preset(args.preset), args.out, run_options(args, "tokenizer"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -122,27 +186,31 @@ def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
-    result = train_hart(get_preset(args.preset), args.out, args.tokenizer, run_options(args), command_line(), mode)
+    result = train_hart(get_preset(args.preset), args.out, args.tokenizer, run_options(args, "hart"), command_line(),
+                        mode)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
 def cmd_train_diffusion(args) -> dict:
     from hart_mini.train import train_diffusion
 
-    result = train_diffusion(get_preset(args.preset), args.out, args.tokenizer, run_options(args), command_line())
+    result = train_diffusion(get_preset(args.preset), args.out, args.tokenizer, run_options(args, "diffusion"),
+                             command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
 def cmd_train_judge(args) -> dict:
     from hart_mini.train import train_judge
 
-    result = train_judge(get_preset(args.preset), args.out, run_options(args), command_line(), args.n_eval)
+    result = train_judge(get_preset(args.preset), args.out, run_options(args, "judge"), command_line(), args.n_eval)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
 def cmd_eval_hart(args) -> dict:
     from hart_mini.evaluate import evaluate_generator
 
+    if args.json:
+        runs.output_file(args.json, "--json")
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     generate = lambda prompts, seed: model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
@@ -157,8 +225,9 @@ def cmd_eval_hart(args) -> dict:
 def cmd_sample(args) -> dict:
     from hart_mini import viz
 
+    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
-    prompts = [args.prompt] * args.n if args.prompt else model_prompts(model, args.n)
+    prompts = [args.prompt] * args.n if args.prompt is not None else model_prompts(model, args.n)
     images = model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                             sampling_steps=args.steps, seed=args.seed, use_head=not args.no_head)
     path = viz.save(viz.image_grid(images * 2 - 1, prompts, ncols=min(8, len(prompts))), args.out)
@@ -179,6 +248,8 @@ def cmd_eval_tokenizer(args) -> dict:
     from hart_mini.data import ToyShapes
     from hart_mini.evaluate import evaluate_tokenizer
 
+    if args.json:
+        runs.output_file(args.json, "--json")
     tokenizer, source = resolve("tokenizer", args.ckpt, args.preset, args.device)
     preset = get_preset(args.preset)
     judge = resolve("judge", args.judge, args.preset, args.device)[0] if args.fd else None
@@ -208,6 +279,8 @@ def cmd_bench(args) -> dict:
     from hart_mini.bench import benchmark, kv_cache_speedup
     from hart_mini.runtime import describe_device, pick_device
 
+    if args.json:
+        runs.output_file(args.json, "--json")
     device = pick_device(args.device)
     if args.kv_cache:  # the KV cache alone, at 32 px (cpu preset sizes) and 64 px (gpu preset sizes)
         result = {"kv_cache": kv_cache_speedup([get_preset("cpu"), get_preset("gpu")], device, args.batch,
@@ -236,6 +309,7 @@ def cmd_bench(args) -> dict:
 def cmd_ablate(args) -> dict:
     from hart_mini.ablate import run
 
+    runs.output_folder(args.out)
     judge = args.judge / "judge.safetensors" if args.judge and args.judge.is_dir() else args.judge
     return emit(run(args.name, get_preset(args.preset), args.out, args.device, args.n, args.reference,
                     args.tokenizer, args.stage_a, judge, command_line()))
@@ -244,6 +318,7 @@ def cmd_ablate(args) -> dict:
 def cmd_doctor(args) -> dict:
     from hart_mini.doctor import doctor
 
+    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
     return emit(doctor(get_preset(args.preset), args.device, args.steps, args.out))
 
 
@@ -265,14 +340,17 @@ def cmd_course_student(args) -> dict:
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in an --out folder that holds another run (never replaces a tokenizer "
+                             "that a model there was trained with)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop cleanly at a checkpoint after this long; continue later with --resume")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="autocast dtype (auto: bf16 on CUDA, fp32 elsewhere)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes drawing batches ahead")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step and process")
+    parser.add_argument("--workers", type=count(0), default=0, help="DataLoader processes drawing batches ahead")
+    parser.add_argument("--grad-accum", type=count(1), default=1, help="micro-batches per step and process")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for MFU (default: bf16 dense peak of known GPUs)")
 
@@ -290,33 +368,37 @@ def training(sub, name: str, help: str, func, on_tokenizer: bool = True) -> argp
     return p
 
 
-def run_options(args):
+def run_options(args, kind: str):
+    """The run options of a `train KIND` command, after checking --out and --resume (before any work)."""
     from hart_mini.train import RunOptions
 
+    runs.output_folder(args.out)
+    if args.resume:
+        runs.check_resumable(args.out, kind)
     return RunOptions(device=args.device, precision=args.precision, compile=args.compile, workers=args.workers,
                       grad_accum=args.grad_accum, max_minutes=args.max_minutes, resume=args.resume,
-                      peak_tflops=args.peak_tflops)
+                      overwrite=args.overwrite, peak_tflops=args.peak_tflops)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hart_mini",
-                                     description="hart_mini: rebuild HART from scratch, one notebook at a time.")
+    parser = Parser(prog="python -m hart_mini",
+                    description="hart_mini: rebuild HART from scratch, one notebook at a time.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="look at the data").add_subparsers(dest="action", required=True)
     p = data.add_parser("preview", help="save a captioned grid of ToyShapes images")
     add_preset(p)
     p.add_argument("--out", type=Path, default=Path("toyshapes.png"), help="PNG to write")
-    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--n", type=count(1), default=16, help="number of images")
     p.add_argument("--split", choices=("train", "val", "test"), default="train")
-    p.add_argument("--start", type=int, default=0, help="index of the first image")
+    p.add_argument("--start", type=count(0), default=0, help="index of the first image")
     p.set_defaults(func=cmd_data_preview)
 
     p = sub.add_parser("demo", help="prompts -> images with the shipped HART, as a captioned grid")
     add_preset(p)
     p.add_argument("--out", type=Path, default=Path("hart_mini_demo.png"), help="PNG to write")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--steps", type=int, default=None, help="head sampling steps (default: the model's, 8)")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=count(1), default=None, help="head sampling steps (default: the model's, 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_demo)
@@ -331,17 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
                  on_tokenizer=False)
-    p.add_argument("--n-eval", type=int, default=5000, help="held-out images for the reported accuracy")
+    p.add_argument("--n-eval", type=count(1), default=5000, help="held-out images for the reported accuracy")
 
     p = sub.add_parser("sample", help="generate a captioned grid of images")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
-    p.add_argument("--prompt", default=None, help="one prompt for all images (default: held-out captions)")
-    p.add_argument("--n", type=int, default=8, help="number of images")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (0 = off)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion steps of the head (default: the model's, 8)")
+    p.add_argument("--prompt", type=prompt, default=None,
+                   help="one prompt for all images (default: held-out captions)")
+    p.add_argument("--n", type=count(1), default=8, help="number of images")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale (0 = off)")
+    p.add_argument("--top-k", type=count(0), default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--steps", type=count(1), default=None,
+                   help="diffusion steps of the head (default: the model's, 8)")
     p.add_argument("--no-head", action="store_true", help="skip the residual head: the discrete-only image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
@@ -352,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = evaluate.add_parser("tokenizer", help="PSNR/MSE of both paths, codebook usage, perplexity, HF ratio")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="tokenizer file or training folder (default: shipped)")
-    p.add_argument("--n", type=int, default=1000, help="number of held-out test images")
+    p.add_argument("--n", type=count(1), default=1000, help="number of held-out test images")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--fd", action="store_true", help="also fd_discrete / fd_continuous (needs a judge)")
@@ -363,11 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=int, default=1000, help="number of samples (and of real reference images)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=None, help="head sampling steps (default: the model's)")
+    p.add_argument("--n", type=count(2, " (FD needs 2)"), default=1000,
+                   help="number of samples (and of real reference images)")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--top-k", type=count(0), default=0)
+    p.add_argument("--top-p", type=probability, default=1.0)
+    p.add_argument("--steps", type=count(1), default=None, help="head sampling steps (default: the model's)")
     p.add_argument("--no-head", action="store_true", help="evaluate the discrete-only images")
     p.add_argument("--seed", type=int, default=0,
                    help="added to every batch's seed: another value draws other samples for the same prompts")
@@ -392,11 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hart", type=Path, default=None, help="HART file or folder (default: shipped)")
     p.add_argument("--baseline", type=Path, default=None, help="diffusion baseline file or folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=int, default=1000, help="samples for FD and prompt accuracy (0 = speed only)")
-    p.add_argument("--batch", type=int, default=64, help="batch size for throughput")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
-    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale for every model")
-    p.add_argument("--baseline-steps", type=int, default=30, help="DDIM steps of the baseline")
+    p.add_argument("--n", type=eval_count, default=1000, help="samples for FD and prompt accuracy (0 = speed only)")
+    p.add_argument("--batch", type=count(1), default=64, help="batch size for throughput")
+    p.add_argument("--repeats", type=count(1), default=5, help="timed runs per measurement (median)")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for every model")
+    p.add_argument("--baseline-steps", type=count(1), default=30, help="DDIM steps of the baseline")
     p.add_argument("--kv-cache", action="store_true",
                    help="only time sampling with vs without the KV cache at 32 px and 64 px (untrained models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -413,14 +498,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer for trained variants (default: shipped)")
     p.add_argument("--stage-a", type=Path, default=None, help="decoder ablation: a tokenizer's stage_a folder")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=int, default=None, help="samples per evaluation (default: by preset)")
+    p.add_argument("--n", type=count(2, " (FD needs 2)"), default=None,
+                   help="samples per evaluation (default: by preset)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("doctor", help="check this machine for the course (under 2 minutes)")
     add_preset(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--steps", type=int, default=30, help="steps of the training burst")
+    p.add_argument("--steps", type=count(3, " (the burst logs its speed every steps // 3 steps)"), default=30,
+                   help="steps of the training burst")
     p.add_argument("--out", type=Path, default=Path("doctor_samples.png"), help="PNG of a few samples")
     p.set_defaults(func=cmd_doctor)
 
@@ -441,13 +528,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 with one `error: ...` line (no traceback) for a bad input."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "preset", None) is None and hasattr(args, "preset"):
-        args.preset = default_preset_name()
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0), or a bad argument (2), already printed
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        if getattr(args, "preset", None) is None and hasattr(args, "preset"):
+            args.preset = default_preset_name()  # HART_MINI_PRESET, checked
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, OSError, FloatingPointError) as e:  # user errors and faults: one clear line
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -143,6 +143,10 @@ class TransformerConfig:
 
 HEAD_MODES = ("off", "last", "full", "early")
 
+# Classifier-free guidance beyond this only amplifies noise. The shipped cpu HART on 300 held-out prompts:
+# prompt accuracy 0.30 at cfg 3, 0.17 at 10, 0.08 at 20, 0.00 at 100 (FD 0.91, 1.54, 4.51, 25.2).
+MAX_CFG_SCALE = 20.0
+
 
 @dataclass(frozen=True)
 class HeadConfig:

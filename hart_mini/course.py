@@ -4,7 +4,9 @@ The course notebooks are the one source. A code cell tagged `solution` is an exe
 - if it holds a `### BEGIN SOLUTION` ... `### END SOLUTION` block, only that block is replaced, so the
   function signature and docstring stay for the student;
 - otherwise the whole cell is replaced.
-The stub raises `NotImplementedError`. Student notebooks are written without outputs or execution counts.
+The stub raises `NotImplementedError`. Student notebooks are written without outputs, execution counts or
+saved state: the notebook keeps only its kernel and language metadata (no widget or tqdm state), each
+cell only its tags (no timings).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ COURSE_MAP = (
 SOLUTION_TAG = "solution"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise: write your solution here")'
+NOTEBOOK_METADATA = ("kernelspec", "language_info")  # the notebook metadata a student version keeps
 
 
 def strip_solution(source: str) -> str:
@@ -56,9 +59,11 @@ def strip_solution(source: str) -> str:
 
 
 def student_notebook(notebook: dict) -> dict:
-    """A copy of a notebook (nbformat JSON) with solutions stubbed and every output cleared."""
+    """A copy of a notebook (nbformat JSON) with solutions stubbed, every output and saved state cleared."""
     nb = json.loads(json.dumps(notebook))
+    nb["metadata"] = {k: v for k, v in nb.get("metadata", {}).items() if k in NOTEBOOK_METADATA}
     for cell in nb["cells"]:
+        cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k == "tags"}
         if cell["cell_type"] != "code":
             continue
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
@@ -71,7 +76,9 @@ def student_notebook(notebook: dict) -> dict:
 
 def write_student_notebooks(src: str | Path, out: str | Path) -> list[Path]:
     """Write a student version of every notebook in `src` to `out`; returns the written paths."""
-    src, out = Path(src), Path(out)
+    from hart_mini.runs import output_folder
+
+    src, out = Path(src), output_folder(out, "the student folder")
     notebooks = sorted(src.glob("*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no notebooks (*.ipynb) in {str(src)!r}")

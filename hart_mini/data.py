@@ -325,11 +325,34 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def to_rgb(im, path: str | Path = "image"):
+    """Any Pillow image -> 8-bit RGB, keeping what its pixels mean.
+
+    Pillow's own convert("RGB") clips instead of scaling: a 16-bit mid-grey (32 896) comes out white and a
+    float image in [0, 1] black. So: 16-bit grey is divided by 257 (65 535 -> 255), float grey is read as
+    [0, 1] and multiplied by 255; palette, grey + alpha and RGBA images are composited on white.
+    """
+    from PIL import Image
+
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        x = np.asarray(im, dtype=np.float64)
+        lo, hi = (0.0, 1.0) if im.mode == "F" else (0.0, 65535.0)
+        if x.size and (x.min() < lo - 1e-3 or x.max() > hi + 1e-3 or not np.isfinite(x).all()):
+            kind = "float" if im.mode == "F" else "integer"
+            raise ValueError(f"{kind} image {str(path)!r} spans [{x.min():.4g}, {x.max():.4g}]; expected "
+                             f"[{lo:g}, {hi:g}] (float images in [0, 1], integer ones up to 16 bit)")
+        im = Image.fromarray(np.round(np.clip(x, lo, hi) / hi * 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "La", "RGBa", "P", "PA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    return im.convert("RGB")
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Images in class sub-folders; items look like ToyShapes' (labels = the class index).
 
-    Greyscale, palette and RGBA images are converted to RGB (alpha is composited on white); every image
-    is resized (shorter side) and centre-cropped to `image_size`.
+    Greyscale, 16-bit, float, palette and RGBA images are converted to RGB by `to_rgb` (alpha is composited
+    on white); every image is resized (shorter side) and centre-cropped to `image_size`.
     """
 
     def __init__(self, root: str | Path, image_size: int = 32):
@@ -367,11 +390,9 @@ class ImageFolder(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 im.load()
-                if im.mode in ("RGBA", "LA", "P", "PA"):
-                    im = im.convert("RGBA")
-                    flat = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(flat, im)
-                im = im.convert("RGB")
+                im = to_rgb(im, path)
+        except ValueError:
+            raise
         except Exception as e:
             raise ValueError(f"cannot decode image {str(path)!r} as RGB: {e}") from e
         scale = self.image_size / min(im.size)

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart_mini import checkpoint
-from hart_mini.config import HeadConfig, TransformerConfig, require
+from hart_mini.config import MAX_CFG_SCALE, HeadConfig, TransformerConfig, require
 from hart_mini.diffusion import CosineSchedule, MLPHead, diffusion_loss
 from hart_mini.diffusion import sample as diffusion_sample
 from hart_mini.text import CaptionTokenizer
@@ -38,8 +38,8 @@ from hart_mini.transformer import NextScaleTransformer
 
 def check_sampling(cfg_scale: float, top_k: int, top_p: float) -> None:
     """Refuse sampling knobs that make no sense, naming the knob."""
-    require(isinstance(cfg_scale, (int, float)) and cfg_scale >= 0, "cfg_scale", cfg_scale,
-            "a number >= 0 (0 = no guidance)")
+    require(isinstance(cfg_scale, (int, float)) and 0 <= cfg_scale <= MAX_CFG_SCALE, "cfg_scale", cfg_scale,
+            f"a number in [0, {MAX_CFG_SCALE:g}] (0 = no guidance; larger values only amplify noise)")
     require(isinstance(top_k, int) and top_k >= 0, "top_k", top_k, "an integer >= 0 (0 = off)")
     require(isinstance(top_p, (int, float)) and 0 < top_p <= 1, "top_p", top_p, "a number in (0, 1] (1 = off)")
 
@@ -61,7 +61,11 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 def sample(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
     """(B, n, V) logits -> (B, n) indices."""
     probs = filter_logits(logits.float(), top_k, top_p).softmax(-1)
-    return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
+    try:
+        return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
+    except RuntimeError as e:  # NaN or inf logits: say so instead of torch's message about probabilities
+        raise FloatingPointError("the token logits are not finite (NaN or inf): the model's weights or its "
+                                 "inputs hold NaN or inf") from e
 
 
 def caption_dropout(n: int, rate: float, device: torch.device) -> torch.Tensor:
@@ -195,7 +199,7 @@ class HART(nn.Module):
         ce = F.cross_entropy(logits[:, scored].float().transpose(1, 2), targets[:, scored], reduction="none")  # (B, n)
         ce = (ce * self.token_weights[scored]).mean() / self.token_weights[scored].mean()
         logs = {"ce": ce.item(), "token_acc": (logits.argmax(-1) == targets).float().mean().item()}
-        if self.mode == "off":
+        if self.mode == "off" or not torch.isfinite(ce):  # NaN logits: no tokens to sample; the trainer stops
             return ce, logs
         h_head = h if self.mode == "early" else h[:, last:]
         truth = targets if self.mode == "early" else targets[:, last:]
@@ -329,8 +333,9 @@ class HART(nn.Module):
         tensors, meta = checkpoint.load(path)
         if meta.get("kind") != "hart":
             raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a HART model")
-        model = cls(TransformerConfig(**meta["transformer"]), HybridTokenizer.beside(path, meta),
-                    CaptionTokenizer.from_dict(meta["text"]), HeadConfig(**meta["head"]))
+        cfg = checkpoint.config_from(TransformerConfig, meta, "transformer", path)
+        head = checkpoint.config_from(HeadConfig, meta, "head", path)
+        model = cls(cfg, HybridTokenizer.beside(path, meta), CaptionTokenizer.from_dict(meta["text"]), head)
         own = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
         checkpoint.load_module(model, {**own, **tensors}, str(path))
         model.meta = meta

@@ -86,7 +86,7 @@ class Judge(nn.Module):
         tensors, meta = checkpoint.load(path)
         if meta.get("kind") != "judge":
             raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a judge")
-        model = cls(**meta["config"])
+        model = checkpoint.config_from(cls, meta, "config", path)
         checkpoint.load_module(model, tensors, str(path))
         model.meta = meta
         return model.to(device).eval()

@@ -34,7 +34,13 @@ def _loaders() -> dict:
 def manifest() -> dict:
     import json
 
-    return json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {"models": {}}
+    if not MANIFEST.exists():
+        return {"models": {}}
+    try:
+        return json.loads(MANIFEST.read_text())
+    except ValueError as e:
+        raise ValueError(f"{MANIFEST} is not valid JSON ({e}); restore it with `git checkout -- data/manifest.json`"
+                         ) from e
 
 
 def name(kind: str, preset: str) -> str:

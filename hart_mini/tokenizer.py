@@ -244,7 +244,7 @@ class HybridTokenizer(nn.Module):
         tensors, meta = checkpoint.load(path)
         if meta.get("kind") != "tokenizer":
             raise ValueError(f"{str(path)!r} holds a {meta.get('kind')!r}, not a tokenizer")
-        model = cls(TokenizerConfig(**meta["config"]))
+        model = cls(checkpoint.config_from(TokenizerConfig, meta, "config", path))
         checkpoint.load_module(model, tensors, str(path))
         model.meta = meta
         return model.to(device).eval()

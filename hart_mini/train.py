@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hart_mini import checkpoint
+from hart_mini import checkpoint, runs
 from hart_mini.config import TrainConfig, require
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -42,6 +42,7 @@ class RunOptions:
     grad_accum: int = 1  # micro-batches per step and process; the global batch is the preset's batch_size
     max_minutes: float | None = None  # stop cleanly at a checkpoint after this long (continue with resume)
     resume: bool = False  # continue the checkpoint in the output folder
+    overwrite: bool = False  # start again in an output folder that holds another run (see hart_mini.runs)
     peak_tflops: float | None = None  # for MFU; default: the device's bf16 peak when known
 
     def __post_init__(self):
@@ -223,7 +224,8 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
             with (runner.no_sync() if not sync and size > 1 else torch.enable_grad()):
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss, logs = runner(batch)
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss):  # stop before the step: the last checkpoint keeps the last good weights
+                    bar.close()  # so that the error starts its own line
                     raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}; "
                                              "lower the learning rate")
                 (loss / len(micro_batches)).backward()
@@ -314,6 +316,15 @@ def _start(run: RunOptions | None) -> tuple[RunOptions, torch.device, float | No
     return run, device, deadline
 
 
+def _prepare(out: str | Path, kind: str, run: RunOptions, preset, command: str,
+             tokenizer_file: Path | None = None) -> Path:
+    """Check the run folder before any work (hart_mini.runs.prepare) and record the run in OUT/run.json."""
+    writes = {f"{kind}.safetensors": None}
+    if tokenizer_file is not None:  # a generator leaves a copy of its tokenizer beside it
+        writes["tokenizer.safetensors"] = checkpoint.sha256(tokenizer_file)
+    return runs.prepare(out, kind, run, writes, preset.name, command)
+
+
 def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, command: str = "") -> dict:
     """Both tokenizer stages for a preset; writes OUT/stage_a, OUT/stage_b and OUT/tokenizer.safetensors."""
     from dataclasses import asdict
@@ -325,7 +336,7 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
     from hart_mini.tokenizer import HybridTokenizer
 
     run, device, deadline = _start(run)
-    out = Path(out)
+    out = _prepare(out, "tokenizer", run, preset, command)
     data = ToyShapes(preset.data, "train")
     shown = ToyShapes(preset.data, "val").batch(range(8))["image"].to(device)
     torch.manual_seed(preset.tokenizer_train.seed)  # the initial weights, so that every run starts alike
@@ -356,7 +367,7 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
     def figures(stage_dir: Path, keys: tuple[str, ...]):
         def write(step: int) -> None:
             _recon_figure(model, shown, stage_dir / "recon.png")
-            _loss_figure(checkpoint.load(stage_dir / CHECKPOINT)[1]["history"], keys, stage_dir / "loss.png")
+            _loss_figure(checkpoint.read_meta(stage_dir / CHECKPOINT)["history"], keys, stage_dir / "loss.png")
         return write
 
     a = fit(model, model.stage_a_parameters(), toyshapes_batches(data, cfg_a), loss_a, cfg_a, out / "stage_a",
@@ -365,6 +376,7 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
     result = {"stage_a": {k: a[k] for k in ("step", "seconds", "finished")}}
     if not a["finished"]:
         return result
+    runs.mark(out, "stage b")
     params = model.start_stage_b()
     b = fit(model, params, toyshapes_batches(data, cfg_b), loss_b, cfg_b, out / "stage_b", {**meta, "stage": "b"},
             run, figures(out / "stage_b", ("recon",)), "tokenizer (b) decoder fine-tune", tokens, deadline)
@@ -373,6 +385,7 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
         final = {**meta, "preset": preset.name, "train_seconds": round(a["seconds"] + b["seconds"], 1),
                  "command": command, "device": describe_device(device), "torch": torch.__version__}
         checkpoint.save(out / "tokenizer.safetensors", model.state_dict(), final)
+        runs.mark(out, "finished")
         result["tokenizer"] = str(out / "tokenizer.safetensors")
     return result
 
@@ -420,7 +433,7 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
 
     def figures(step: int) -> None:
         sample_figure(model, prompts, out / "samples.png")
-        _loss_figure(checkpoint.load(out / CHECKPOINT)[1]["history"], ("ce", "diff"), out / "loss.png")
+        _loss_figure(checkpoint.read_meta(out / CHECKPOINT)["history"], ("ce", "diff"), out / "loss.png")
 
     meta = {**meta, "data": dataclasses.asdict(preset.data), "tokenizer_sha256": checkpoint.sha256(tok_path)}
     result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg), loss, cfg, out, meta, run,
@@ -433,6 +446,7 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
         model.save(target, out / "tokenizer.safetensors",
                    {"preset": preset.name, "train_seconds": round(result["seconds"], 1), "command": command,
                     "device": describe_device(device), "torch": torch.__version__})
+        runs.mark(out, "finished")
         summary["model"] = str(target)
     return summary
 
@@ -448,8 +462,8 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
     from hart_mini.text import CaptionTokenizer
 
     run, device, deadline = _start(run)
-    out = Path(out)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
+    out = _prepare(out, "hart", run, preset, command, tok_path)
     head = preset.head if mode is None else dataclasses.replace(preset.head, mode=mode)
     torch.manual_seed(preset.hart_train.seed)  # the initial weights, so that every run starts alike
     model = HART(preset.transformer, tok, CaptionTokenizer.toyshapes(preset.transformer.text_len), head).to(device)
@@ -470,6 +484,7 @@ def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None
 
     run, device, deadline = _start(run)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
+    out = _prepare(out, "diffusion", run, preset, command, tok_path)
     torch.manual_seed(preset.baseline_train.seed)
     model = LatentDiffusion(preset.transformer, tok, CaptionTokenizer.toyshapes(preset.transformer.text_len),
                             preset.baseline).to(device)
@@ -489,7 +504,7 @@ def train_judge(preset, out: str | Path, run: RunOptions | None = None, command:
     from hart_mini.runtime import describe_device, world
 
     run, device, deadline = _start(run)
-    out = Path(out)
+    out = _prepare(out, "judge", run, preset, command)
     data, cfg = ToyShapes(preset.data, "train"), preset.judge_train
     torch.manual_seed(cfg.seed)
     config = {"image_size": preset.data.image_size, "width": 32}
@@ -512,5 +527,6 @@ def train_judge(preset, out: str | Path, run: RunOptions | None = None, command:
             "kind": "judge", "config": config, "preset": preset.name, "metrics": metrics, "command": command,
             "train_seconds": round(result["seconds"], 1), "device": describe_device(device),
             "torch": torch.__version__})
+        runs.mark(out, "finished")
         summary.update(judge=str(out / "judge.safetensors"), metrics=metrics)
     return summary

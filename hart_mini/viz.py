@@ -115,8 +115,14 @@ def plot_spectra(spectra: dict[str, object], title: str = "Radially averaged pow
 
 
 def save(fig: plt.Figure, path: str | Path) -> Path:
-    """Save a figure as PNG (parents created) and close it."""
-    path = Path(path)
+    """Save a figure (PNG, or the format its suffix names; parents created) and close it; returns the path."""
+    from hart_mini.runs import IMAGE_SUFFIXES, output_file
+
+    try:
+        path = output_file(path, "figure path", IMAGE_SUFFIXES)  # matplotlib would append .png to a bare name
+    except ValueError:
+        plt.close(fig)
+        raise
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -89,3 +89,37 @@ def test_rng_state_round_trip():
     a = torch.rand(3)
     checkpoint.rng_from_tensors(state)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_checksums_of_tensors_and_metadata_are_saved_and_checked(tmp_path):
+    from safetensors import safe_open
+
+    tensors = {"w": torch.arange(6.0), "b": torch.ones(2, dtype=torch.bfloat16)}
+    path = checkpoint.save(tmp_path / "m.safetensors", tensors, {"step": 1})
+    with safe_open(str(path), framework="pt") as f:
+        sums = json.loads(f.metadata()[checkpoint.CHECKSUM_KEY])
+    assert sums["tensors"] == checkpoint.tensors_sha256({"b": torch.ones(2, dtype=torch.bfloat16),
+                                                         "w": torch.arange(6.0)})
+    assert checkpoint.tensors_sha256({"w": torch.arange(6.0)}) != checkpoint.tensors_sha256({"w": torch.arange(6)})
+    assert checkpoint.read_meta(path) == {"step": 1}
+
+
+def test_files_saved_before_checksums_still_load_with_a_warning(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "old.safetensors"
+    save_file({"w": torch.ones(3)}, str(path), metadata={checkpoint.META_KEY: json.dumps({"step": 1})})
+    with pytest.warns(UserWarning, match="carries no checksum"):
+        tensors, meta = checkpoint.load(path)
+    assert meta == {"step": 1} and torch.equal(tensors["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize("kind", ["tokenizer", "judge", "hart", "diffusion"])
+def test_shipped_files_carry_checksums_and_load_without_warnings(kind):
+    import warnings
+
+    from hart_mini import pretrained
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pretrained.load(kind, "cpu")

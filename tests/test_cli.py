@@ -37,7 +37,9 @@ def test_demo_runs_as_a_module_with_the_shipped_model(tmp_path):
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert main(["data", "preview", "--n", "0", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: indices=[] is invalid") and "Traceback" not in err
+    assert err.startswith("error: argument --n: 0 is invalid") and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["data", "preview", "--device", "cpu"]) == 2  # an unknown flag: also one line
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_eval_hart_seed_draws_other_samples_for_the_same_prompts(capsys):

@@ -160,7 +160,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_existing_checkpoint_needs_resume_and_matching_config(tmp_path):
     preset = _short_preset(2, 1)
     train_tokenizer(preset, tmp_path)
-    with pytest.raises(ValueError, match="already holds a checkpoint: pass --resume"):
+    with pytest.raises(ValueError, match="already holds a tokenizer run .*: pass --resume"):
         train_tokenizer(preset, tmp_path)
     other = dataclasses.replace(preset, tokenizer=dataclasses.replace(preset.tokenizer, codebook_size=32))
     with pytest.raises(ValueError, match="config.codebook_size: expected 32, checkpoint has 64"):
