@@ -264,6 +264,10 @@ def cmd_eval_tokenizer(args) -> dict:
 def cmd_diagnose(args) -> dict:
     from hart_mini import diagnose, viz
 
+    if args.json:
+        runs.output_file(args.json, "--json")
+    if args.figure:
+        runs.output_file(args.figure, "--figure", IMAGE_SUFFIXES)
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     data = get_preset(args.preset).data
@@ -464,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=int, default=500, help="held-out captions per measurement")
-    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale for the forced-scales samples")
+    p.add_argument("--n", type=count(1), default=500, help="held-out captions per measurement")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for the forced-scales samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", type=Path, default=None, help="also draw both measurements into this PNG")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
