@@ -27,6 +27,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from tqdm.auto import tqdm
 
 from hart_mini import checkpoint, viz
 from hart_mini.bench import timed
@@ -51,13 +52,16 @@ class Context:
         self.seeds, self.train_seeds = list(seeds), list(train_seeds)
         self.real = held_out(preset.data, max(n_eval, 16))
         self._models: dict[tuple[str, int], object] = {}
+        self.bar = tqdm(total=0, desc="ablate", unit="evaluation", dynamic_ncols=True)  # `run` sets the total
 
     def evaluate(self, generate, label: str) -> dict:
         """FD and prompt accuracy on n_eval prompts over the sampling seeds, and the latency of 16 images."""
+        self.bar.set_postfix_str(label)
         row = evaluate_seeds(generate, self.judge, self.preset.data, self.n, self.seeds,
                              {k: v[:self.n] for k, v in self.real.items()})
         prompts = self.real["caption"][:16]
         row["seconds_per_16_images"] = round(timed(lambda: generate(prompts, 0), self.device, 3, 1), 4)
+        self.bar.update(1)
         return {"label": label, **row}
 
     def trained(self, mode: str, seed: int):
@@ -170,14 +174,22 @@ def ablate_early(ctx: Context) -> tuple[dict, plt.Figure]:
 
 
 def ablate_steps(ctx: Context) -> tuple[dict, plt.Figure]:
-    rows = [ctx.evaluate(_generator(ctx.reference(), sampling_steps=s), f"{s} steps") for s in STEPS]
-    return {"steps": list(STEPS), "rows": rows}, _sweep(STEPS, {"HART": rows}, "head sampling steps",
-                                                       "head sampling steps", logx=True)
+    """The head's steps; each count compared with the model's own (8: HART's choice) by a verdict."""
+    model = ctx.reference()
+    rows = [ctx.evaluate(_generator(model, sampling_steps=s), f"{s} steps") for s in STEPS]
+    default = next((r for s, r in zip(STEPS, rows) if s == model.head_cfg.sampling_steps), None)
+    verdicts = [v for r in rows if default and r is not default for v in compare(r, default)]
+    return {"steps": list(STEPS), "rows": rows, "verdicts": verdicts}, \
+        _sweep(STEPS, {"HART": rows}, "head sampling steps", "head sampling steps", logx=True)
 
 
 def ablate_cfg(ctx: Context) -> tuple[dict, plt.Figure]:
-    rows = [ctx.evaluate(_generator(ctx.reference(), cfg_scale=c), f"cfg {c}") for c in CFGS]
-    return {"cfg": list(CFGS), "rows": rows}, _sweep(CFGS, {"HART": rows}, "cfg scale", "guidance sweep")
+    """The guidance sweep, and the scale the benchmark's tuning rule (bench.choose_cfg) picks from it."""
+    from hart_mini.bench import CFG_RULE, choose_cfg
+
+    rows = [{"cfg": c, **ctx.evaluate(_generator(ctx.reference(), cfg_scale=c), f"cfg {c}")} for c in CFGS]
+    return {"cfg": list(CFGS), "rows": rows, "chosen": choose_cfg(rows)["cfg"], "rule": CFG_RULE}, \
+        _sweep(CFGS, {"HART": rows}, "cfg scale", "guidance sweep")
 
 
 def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure]:
@@ -213,7 +225,8 @@ def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure
             rows.append(ctx.evaluate(_generator(hart, use_head=False), f"{mode} decoder, head off"))
         hart.tokenizer.decoder.load_state_dict(original)
     fig = _bars(rows, "one alternating decoder vs a continuous-only decoder") if rows else plt.figure()
-    return {"reconstruction": metrics, "generation": rows,
+    verdicts = compare(rows[0], rows[2]) + compare(rows[1], rows[3]) if rows else []  # same head, other decoder
+    return {"reconstruction": metrics, "generation": rows, "verdicts": verdicts,
             "note": None if same_codes else "the reference HART uses another codebook: generation not compared"}, fig
 
 
@@ -241,11 +254,14 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
     train_seeds = list(train_seeds) if name in TRAINED else list(train_seeds)[:1]
     ctx = Context(preset, out, device, judge, n_eval, Path(tokenizer) if tokenizer else None,
                   Path(reference) if reference else None, seeds, train_seeds)
+    ctx.bar.total = {"head": 3 * len(train_seeds), "early": 2 * len(train_seeds), "steps": len(STEPS),
+                     "full": 2 * len(STEPS) * len(train_seeds), "cfg": len(CFGS), "decoder": 4}[name]
     if name == "decoder":
         result, fig = ablate_decoder(ctx, Path(stage_a) if stage_a else None)
     else:
         result, fig = {"head": ablate_head, "full": ablate_full, "early": ablate_early, "steps": ablate_steps,
                        "cfg": ablate_cfg}[name](ctx)
+    ctx.bar.close()
     where = f" (stands in for training seed {train_seeds[0]})" if name in TRAINED else ""
     result = {"ablation": name, "preset": preset.name, "n_eval": n_eval, "seeds": list(seeds),
               "train_seeds": train_seeds if name in TRAINED else None, "noise": NOISE,

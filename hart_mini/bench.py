@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
@@ -146,12 +147,15 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
     frontier_points = len(head_steps) + len(baseline_steps) + 1
     bar = tqdm(total=tune_points + frontier_points * (2 if quality else 1), desc="bench", dynamic_ncols=True)
     measured: dict[tuple, dict] = {}
+    seconds = {"quality": 0.0, "speed": 0.0}  # where the time went, to plan larger runs
 
     def evaluate(name: str, cfg: float, steps: int | None) -> dict:
         bar.set_postfix_str(f"{name} cfg {cfg} steps {steps} (quality)")
         if (name, cfg, steps) not in measured:
+            begin = time.perf_counter()
             measured[name, cfg, steps] = evaluate_seeds(make[name](cfg, steps), judge, data_config, n_eval, seeds,
                                                         real)
+            seconds["quality"] += time.perf_counter() - begin
         bar.update(1)
         return measured[name, cfg, steps]
 
@@ -173,7 +177,9 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
         if quality:
             row.update(evaluate(name, cfg, steps))
         bar.set_postfix_str(f"{name} cfg {cfg} steps {steps} (speed)")
+        begin = time.perf_counter()
         row.update(speed(make[name](cfg, steps), prompts, device, throughput_batch, repeats))
+        seconds["speed"] += time.perf_counter() - begin
         bar.update(1)
         return row
 
@@ -196,7 +202,8 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
            if tuned else None,
            "matched_quality": matched_quality(hart_row, points["diffusion"]) if quality else
            {"baseline_steps": None, "throughput_ratio": None, "macs_ratio": None, "latency_ratio": None,
-            "rule": MATCH_RULE, "note": "speed only (n_eval = 0): quality was not measured"}}
+            "rule": MATCH_RULE, "note": "speed only (n_eval = 0): quality was not measured"},
+           "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     return out
 
 
@@ -227,6 +234,7 @@ def frontier_figure(result: dict) -> plt.Figure:
     styles = {"diffusion": ("tab:red", "baseline (label: DDIM steps)"),
               "hart": ("tab:blue", "HART (label: head steps)"), "discrete": ("tab:gray", "HART, discrete-only path")}
     match = result["matched_quality"]["baseline_steps"]
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
     panels = ((axes[0], "fd", "fd_sd", "FD to real images (lower is better)"),
               (axes[1], "prompt_accuracy", "prompt_accuracy_se", "prompt accuracy (higher is better)"))
     for ax, key, err, title in panels:
@@ -241,11 +249,17 @@ def frontier_figure(result: dict) -> plt.Figure:
                     ax.scatter([xi], [yi], s=160, facecolors="none", edgecolors="black", zorder=3,
                                label=f"baseline at matched quality ({match} steps)")
         ax.set(xscale="log", xlabel=f"images / s (batch {result['throughput_batch']})", title=title)
+        ax.xaxis.set_major_formatter(plain)  # 1, 2, 5, 10, 20, 50 rather than 2x10^0
+        ax.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
     mq = result["matched_quality"]
     headline = (f"at matched quality ({match} steps): HART {mq['throughput_ratio']}x the throughput, "
                 f"{mq['macs_ratio']}x fewer MACs" if match else "the baseline never reaches HART's quality")
+    paper = [f"{s} steps {r['throughput']}x" for s, r in result["ratios_by_baseline_steps"].items()
+             if s in ("30", "50")]
+    headline += f" (throughput at {', '.join(paper)})" if paper else ""
     fig.suptitle(f"{headline}; N = {result['n_eval']}, seeds {result['seeds']}, {result['device']}", fontsize=9)
     fig.tight_layout()
     return fig

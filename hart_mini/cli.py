@@ -224,11 +224,11 @@ def cmd_bench(args) -> dict:
     result = frontier(hart, baseline, judge, preset.data, device, args.n, args.seeds, args.baseline_steps,
                       args.head_steps, cfgs, args.tune_at, args.batch, args.repeats)
     figure = args.figure or (args.json.with_suffix(".png") if args.json else None)
-    if figure and args.n > 0:
-        viz.save(frontier_figure(result), figure)
     result.update(device=describe_device(device), hart=hart_source, baseline=base_source,
                   figure=str(figure) if figure and args.n > 0 else None,
                   torch=__import__("torch").__version__, command=command_line())
+    if result["figure"]:  # the figure needs quality: none for --n 0
+        viz.save(frontier_figure(result), figure)
     return emit(result, args.json)
 
 

@@ -108,9 +108,9 @@ def evaluate_generator(generate: Callable[[list[str], int], torch.Tensor], judge
         part, counts = prompt_accuracy(judge, fakes[i:i + 500].to(device), captions), attribute_counts(captions)
         for k, v in part.items():
             if k != "n":  # an accuracy times the trials it counted: the hits of this chunk
-                hits[k] = hits.get(k, 0) + v * counts[k]
+                hits[k] = hits.get(k, 0) + v * counts.get(k, len(captions))
     result = {"n": n, "fd": round(fd, 4)}
-    result.update({k: round(v / totals[k], 4) for k, v in hits.items() if totals[k]})
+    result.update({k: round(v / totals.get(k, n), 4) for k, v in hits.items() if totals.get(k, n)})
     return result
 
 
@@ -147,7 +147,7 @@ def aggregate_seeds(rows: list[dict], counts: dict[str, int]) -> dict:
         if k == "fd":
             out["fd_sd"] = round(sd, 4)
         else:
-            out[f"{k}_se"] = round(binomial_se(min(max(mean, 0.0), 1.0), counts[k]), 4)
+            out[f"{k}_se"] = round(binomial_se(min(max(mean, 0.0), 1.0), counts.get(k, out["n"])), 4)
     return out
 
 

@@ -104,6 +104,11 @@ def test_every_ablation_runs_at_smoke_size_and_writes_json_and_a_figure(name, mo
     assert result["seeds"] == [0, 1]
     rows = result["generation"] if name == "decoder" else result.get("rows") or result["series"]["residual head (HART)"]
     assert all("fd_sd" in r and "prompt_accuracy_se" in r for r in rows)
+    if name == "steps":  # every step count against the model's own 8
+        assert len(result["verdicts"]) == 2 * (len(result["steps"]) - 1)
+        assert all(v["b"] == "8 steps" for v in result["verdicts"])
+    if name == "cfg":
+        assert result["chosen"] in result["cfg"]
 
 
 @pytest.fixture
@@ -113,10 +118,10 @@ def counted_training(monkeypatch):
 
     calls, real = [], train.train_hart
 
-    def quick(preset, out, tokenizer=None, run=None, command="", mode=None):
+    def quick(preset, out, *args, **kwargs):
         calls.append((Path(out).name, preset.hart_train.seed))
         short = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, steps=2, batch_size=4))
-        return real(short, out, tokenizer, run, command, mode)
+        return real(short, out, *args, **kwargs)
 
     monkeypatch.setattr(train, "train_hart", quick)
     return calls
