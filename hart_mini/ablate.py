@@ -39,20 +39,23 @@ STEPS = (1, 2, 4, 8, 16, 50)
 CFGS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0)
 NOISE = ("error bars and verdicts: FD's spread is the larger of its sd over training seeds and its sd over "
          "sampling seeds; an accuracy's the larger of its sd over training seeds and its binomial SE; a "
-         "difference is inside the noise when smaller than sqrt(spread_a^2 + spread_b^2)")
+         "difference is inside the noise when smaller than sqrt(spread_a^2 + spread_b^2), or, for one model "
+         "measured two ways (paired), than the sd over training seeds of the per-seed differences (never below "
+         "the sampling noise)")
 
 
 class Context:
     """What every ablation needs: preset, device, judge, held-out prompts, seeds, output folder."""
 
     def __init__(self, preset, out: Path, device: torch.device, judge, n_eval: int, tokenizer: Path | None,
-                 reference: Path | None, seeds: Sequence[int] = (0, 1000, 2000), train_seeds: Sequence[int] = (0,)):
+                 reference: Path | None, seeds: Sequence[int] = (0, 1000, 2000), train_seeds: Sequence[int] = (0,),
+                 evaluations: int | None = None):
         self.preset, self.out, self.device, self.judge, self.n = preset, out, device, judge, n_eval
         self.tokenizer, self.reference_file = tokenizer, reference
         self.seeds, self.train_seeds = list(seeds), list(train_seeds)
         self.real = held_out(preset.data, max(n_eval, 16))
         self._models: dict[tuple[str, int], object] = {}
-        self.bar = tqdm(total=0, desc="ablate", unit="evaluation", dynamic_ncols=True)  # `run` sets the total
+        self.bar = tqdm(total=evaluations, desc="ablate", unit="evaluation", dynamic_ncols=True)
 
     def evaluate(self, generate, label: str) -> dict:
         """FD and prompt accuracy on n_eval prompts over the sampling seeds, and the latency of 16 images."""
@@ -107,9 +110,9 @@ def _generator(model, **knobs):
     return lambda prompts, seed: model.generate(prompts, seed=seed, **knobs)
 
 
-def compare(a: dict, b: dict) -> list[dict]:
-    """Verdicts of a vs b on FD and prompt accuracy."""
-    return [verdict(a, b, metric) for metric in ("fd", "prompt_accuracy")]
+def compare(a: dict, b: dict, paired: bool = False) -> list[dict]:
+    """Verdicts of a vs b on FD and prompt accuracy (paired: the same trained models, see evaluate.verdict)."""
+    return [verdict(a, b, metric, paired) for metric in ("fd", "prompt_accuracy")]
 
 
 def _bars(rows: list[dict], title: str) -> plt.Figure:
@@ -147,7 +150,7 @@ def ablate_head(ctx: Context) -> tuple[dict, plt.Figure]:
     rows = ctx.replicated({"HART (head on)": lambda s: _generator(ctx.reference(s)),
                            "same model, head skipped": lambda s: _generator(ctx.reference(s), use_head=False),
                            "discrete-only model": lambda s: _generator(ctx.trained("off", s))})
-    return {"rows": rows, "verdicts": compare(rows[0], rows[2]) + compare(rows[0], rows[1]),
+    return {"rows": rows, "verdicts": compare(rows[0], rows[2]) + compare(rows[0], rows[1], paired=True),
             "fd_better_with_head_vs_discrete_model": round(1 - rows[0]["fd"] / rows[2]["fd"], 4),
             "fd_better_with_head_vs_head_skipped": round(1 - rows[0]["fd"] / rows[1]["fd"], 4)}, \
         _bars(rows, "residual head on vs off")
@@ -252,10 +255,10 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
 
     judge = Judge.from_file(judge, device) if judge else pretrained.load("judge", preset.shipped, device)
     train_seeds = list(train_seeds) if name in TRAINED else list(train_seeds)[:1]
+    evaluations = {"head": 3 * len(train_seeds), "early": 2 * len(train_seeds), "steps": len(STEPS),
+                   "full": 2 * len(STEPS) * len(train_seeds), "cfg": len(CFGS), "decoder": 4}[name]
     ctx = Context(preset, out, device, judge, n_eval, Path(tokenizer) if tokenizer else None,
-                  Path(reference) if reference else None, seeds, train_seeds)
-    ctx.bar.total = {"head": 3 * len(train_seeds), "early": 2 * len(train_seeds), "steps": len(STEPS),
-                     "full": 2 * len(STEPS) * len(train_seeds), "cfg": len(CFGS), "decoder": 4}[name]
+                  Path(reference) if reference else None, seeds, train_seeds, evaluations)
     if name == "decoder":
         result, fig = ablate_decoder(ctx, Path(stage_a) if stage_a else None)
     else:

@@ -9,7 +9,8 @@ real images, and prompt accuracy, on N prompts taken from held-out captions.
 Noise. One number from one run hides how far it moves with the luck of the draw, so every generator
 number comes with its spread: FD as mean +- sd over sampling seeds, each accuracy with its binomial
 standard error sqrt(p (1 - p) / n). A difference between two results is called "inside the noise" when it
-is smaller than their combined spread sqrt(noise_a^2 + noise_b^2) (`verdict`).
+is smaller than their combined spread sqrt(noise_a^2 + noise_b^2), or, for the same trained models measured
+two ways, than the spread of the per-training-seed differences (`verdict`).
 """
 
 from __future__ import annotations
@@ -177,27 +178,42 @@ def noise(row: dict, metric: str) -> float:
     return max(row.get(f"{metric}_sd", 0.0), row.get(f"{metric}_se", 0.0))
 
 
-def clearly_better(a: dict, b: dict, metric: str) -> bool:
-    """Is a better than b on `metric` (lower FD, higher accuracy) by at least their combined noise
-    sqrt(noise_a^2 + noise_b^2)? A difference smaller than that is inside the noise."""
+def spread_of_difference(a: dict, b: dict, metric: str, paired: bool = False) -> float:
+    """The noise of a[metric] - b[metric]: sqrt(noise_a^2 + noise_b^2). paired: a and b are the same trained
+    models measured two ways (e.g. one HART with its head on and skipped), so what varies from one training
+    seed to the next cancels: the sd over training seeds of the per-seed differences, never below the
+    sampling noise of the difference."""
+    if not paired:
+        return math.hypot(noise(a, metric), noise(b, metric))
+    pairs = list(zip(a["per_train_seed"], b["per_train_seed"]))
+    if any(x["train_seed"] != y["train_seed"] for x, y in pairs):
+        raise ValueError("a paired comparison needs the same training seeds on both sides")
+    sampling = math.hypot(statistics.fmean(noise(x, metric) for x, _ in pairs),
+                          statistics.fmean(noise(y, metric) for _, y in pairs))
+    return max(seed_spread([x[metric] - y[metric] for x, y in pairs])[1], sampling)
+
+
+def clearly_better(a: dict, b: dict, metric: str, paired: bool = False) -> bool:
+    """Is a better than b on `metric` (lower FD, higher accuracy) by at least the noise of the difference
+    (spread_of_difference)? A difference smaller than that is inside the noise."""
     difference = a[metric] - b[metric]
-    if difference == 0 or abs(difference) < math.hypot(noise(a, metric), noise(b, metric)):
+    if difference == 0 or abs(difference) < spread_of_difference(a, b, metric, paired):
         return False
     return (difference < 0) == (metric in LOWER_IS_BETTER)
 
 
-def verdict(a: dict, b: dict, metric: str) -> dict:
-    """Compare rows a and b (each with a 'label') on one metric: the difference a - b, the combined noise
-    and the verdict: '<label> better' when clearly_better, else 'inside the noise'."""
-    if clearly_better(a, b, metric):
+def verdict(a: dict, b: dict, metric: str, paired: bool = False) -> dict:
+    """Compare rows a and b (each with a 'label') on one metric: the difference a - b, its noise and the
+    verdict: '<label> better' when clearly_better, else 'inside the noise'."""
+    if clearly_better(a, b, metric, paired):
         said = f"{a['label']} better"
-    elif clearly_better(b, a, metric):
+    elif clearly_better(b, a, metric, paired):
         said = f"{b['label']} better"
     else:
         said = "inside the noise"
     return {"metric": metric, "a": a["label"], "b": b["label"], "a_value": a[metric], "b_value": b[metric],
-            "difference": round(a[metric] - b[metric], 4),
-            "noise": round(math.hypot(noise(a, metric), noise(b, metric)), 4), "verdict": said}
+            "difference": round(a[metric] - b[metric], 4), "paired": paired,
+            "noise": round(spread_of_difference(a, b, metric, paired), 4), "verdict": said}
 
 
 def aggregate_training_seeds(rows: list[dict], label: str) -> dict:

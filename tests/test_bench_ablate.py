@@ -155,6 +155,7 @@ def test_ablate_reference_stands_in_for_the_first_training_seed_only(models, tmp
     assert sorted(counted_training) == [("last_seed1", 1), ("off_seed0", 0), ("off_seed1", 1)]
     result = json.loads((tmp_path / "head.json").read_text())
     assert "stands in for training seed 0" in result["reference"] and len(result["verdicts"]) == 4
+    assert [v["paired"] for v in result["verdicts"]] == [False, False, True, True]  # head skipped: same models
 
 
 def test_kv_cache_benchmark_reports_both_sizes():

@@ -135,3 +135,19 @@ def test_choose_cfg_takes_the_lowest_fd_among_settings_with_prompt_accuracy_insi
     assert choose_cfg(sweep)["cfg"] == 4.5  # 6.0 has the lowest FD but clearly fewer prompts right
     tight = [{**r, "prompt_accuracy_se": 0.001} for r in sweep]
     assert choose_cfg(tight)["cfg"] == 3.0  # with tiny noise only the best accuracy qualifies
+
+
+def test_paired_verdict_cancels_what_varies_between_training_seeds():
+    """One model with its head on and skipped: the training seeds move both alike, the difference stays."""
+    on = aggregate_training_seeds([{"train_seed": 0, **_row("on", 0.90, 0.01, 0.5, 0.0)},
+                                   {"train_seed": 1, **_row("on", 4.30, 0.01, 0.5, 0.0)}], "head on")
+    off = aggregate_training_seeds([{"train_seed": 0, **_row("off", 0.95, 0.01, 0.5, 0.0)},
+                                    {"train_seed": 1, **_row("off", 4.36, 0.01, 0.5, 0.0)}], "head skipped")
+    assert verdict(on, off, "fd")["verdict"] == "inside the noise"  # the seeds' spread (2.4) swamps 0.055
+    paired = verdict(on, off, "fd", paired=True)
+    assert paired["verdict"] == "head on better"
+    assert paired["noise"] == pytest.approx(0.0141, abs=1e-4)  # the sampling floor: the per-seed differences vary less
+    other_seeds = aggregate_training_seeds([{"train_seed": 5, **_row("x", 1.0, 0.01, 0.5, 0.0)},
+                                            {"train_seed": 6, **_row("x", 1.0, 0.01, 0.5, 0.0)}], "x")
+    with pytest.raises(ValueError, match="same training seeds"):
+        verdict(on, other_seeds, "fd", paired=True)
