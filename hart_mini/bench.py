@@ -111,6 +111,7 @@ def _check_sweeps(n_eval: int, seeds: Sequence[int], baseline_steps: Sequence[in
         require(len(steps) >= 1 and all(isinstance(s, int) and s >= 1 for s in steps), name, list(steps),
                 "one or more integers >= 1")
     require(len(cfgs) >= 1 and all(c >= 0 for c in cfgs), "cfgs", list(cfgs), "one or more numbers >= 0")
+    require(n_eval > 0 or len(cfgs) == 1, "cfgs", list(cfgs), "one value when n_eval = 0 (no quality to tune on)")
     require(tune_at in ("default", "each"), "tune_at", tune_at, "'default' or 'each'")
 
 
@@ -124,7 +125,7 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
     'default' tunes each model at its reference steps (HART's default head steps; the baseline's default
     DDIM steps, or the most swept when those are not swept) and uses that cfg at every step count; 'each'
     tunes at every swept step count (len(steps) times the cost).
-    n_eval = 0 measures speed only, at cfgs[0].
+    n_eval = 0 measures speed only, at the one guidance scale in cfgs.
     """
     _check_sweeps(n_eval, seeds, baseline_steps, head_steps, cfgs, tune_at)
     hart_default = hart.head_cfg.sampling_steps

@@ -89,6 +89,10 @@ def test_bench_refuses_bad_sweeps_in_one_line(models, tmp_path, capsys):
     assert "baseline_steps=[0, 5] is invalid" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(_bench(models, tmp_path, "--seeds", "zero"))
+    from hart_mini.bench import frontier
+
+    with pytest.raises(ValueError, match="one value when n_eval = 0"):  # speed only: nothing to tune on
+        frontier(None, None, None, PRESET.data, torch.device("cpu"), 0, cfgs=(0.0, 3.0))
 
 
 @pytest.mark.parametrize("name", ABLATIONS)
