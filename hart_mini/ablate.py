@@ -8,79 +8,120 @@
     decoder  one decoder trained alternately vs a decoder trained on continuous latents only (Fig. 7)
     cfg      classifier-free guidance scale sweep
 
-Models that an ablation trains get the preset's HART budget and land in DIR/<variant>; the reference
-HART is `--reference FILE` (e.g. the shipped one) or is trained too. Each ablation writes DIR/NAME.json
-(the numbers, N, device, commands) and DIR/NAME.png.
+Noise. Every evaluation runs with several sampling seeds (`--seeds`): FD is the mean +- sd over them, each
+accuracy comes with its binomial SE. The ablations that train models (head, early, full) train every
+variant once per training seed (`--train-seeds`, TrainConfig.seed: initial weights and batches), in
+DIR/<variant>_seed<s> (reused if there), and report the mean +- sd over training seeds. Each compared
+difference gets a verdict (evaluate.verdict): "inside the noise" when it is smaller than the combined
+spread, else which side is better. The reference HART (diffusion-last) is trained per seed too, except
+that `--reference FILE` (e.g. the shipped one, trained with the preset's seed 0) stands in for the first
+training seed's. Each ablation writes DIR/NAME.json (the numbers, N, seeds, device, command) and
+DIR/NAME.png (error bars: the noise the verdicts use).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from tqdm.auto import tqdm
 
 from hart_mini import checkpoint, viz
 from hart_mini.bench import timed
-from hart_mini.evaluate import evaluate_generator, evaluate_tokenizer, held_out
+from hart_mini.evaluate import aggregate_training_seeds, evaluate_seeds, evaluate_tokenizer, held_out, noise, verdict
 
 ABLATIONS = ("head", "full", "early", "steps", "decoder", "cfg")
+TRAINED = ("head", "full", "early")
 STEPS = (1, 2, 4, 8, 16, 50)
 CFGS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0)
+NOISE = ("error bars and verdicts: FD's spread is the larger of its sd over training seeds and its sd over "
+         "sampling seeds; an accuracy's the larger of its sd over training seeds and its binomial SE; a "
+         "difference is inside the noise when smaller than sqrt(spread_a^2 + spread_b^2), or, for one model "
+         "measured two ways (paired), than the sd over training seeds of the per-seed differences (never below "
+         "the sampling noise)")
 
 
 class Context:
-    """What every ablation needs: preset, device, judge, held-out prompts, output folder."""
+    """What every ablation needs: preset, device, judge, held-out prompts, seeds, output folder."""
 
     def __init__(self, preset, out: Path, device: torch.device, judge, n_eval: int, tokenizer: Path | None,
-                 reference: Path | None):
+                 reference: Path | None, seeds: Sequence[int] = (0, 1000, 2000), train_seeds: Sequence[int] = (0,),
+                 evaluations: int | None = None):
         self.preset, self.out, self.device, self.judge, self.n = preset, out, device, judge, n_eval
         self.tokenizer, self.reference_file = tokenizer, reference
+        self.seeds, self.train_seeds = list(seeds), list(train_seeds)
         self.real = held_out(preset.data, max(n_eval, 16))
-        self._reference = None
+        self._models: dict[tuple[str, int], object] = {}
+        self.bar = tqdm(total=evaluations, desc="ablate", unit="evaluation", dynamic_ncols=True)
 
     def evaluate(self, generate, label: str) -> dict:
-        """FD and prompt accuracy on n_eval prompts, and the latency of 16 images, for generate(prompts, seed)."""
-        row = evaluate_generator(generate, self.judge, self.preset.data, self.n,
-                                 reference={k: v[:self.n] for k, v in self.real.items()})
+        """FD and prompt accuracy on n_eval prompts over the sampling seeds, and the latency of 16 images."""
+        self.bar.set_postfix_str(label)
+        row = evaluate_seeds(generate, self.judge, self.preset.data, self.n, self.seeds,
+                             {k: v[:self.n] for k, v in self.real.items()})
         prompts = self.real["caption"][:16]
         row["seconds_per_16_images"] = round(timed(lambda: generate(prompts, 0), self.device, 3, 1), 4)
-        row["label"] = label
-        return row
+        self.bar.update(1)
+        return {"label": label, **row}
 
-    def trained(self, mode: str):
-        """A HART of the given head mode, trained with the preset's budget in OUT/<mode> (reused if there)."""
+    def trained(self, mode: str, seed: int):
+        """A HART of the given head mode trained with the preset's budget and training seed `seed`, in
+        OUT/<mode>_seed<seed> (reused if there)."""
+        from hart_mini import train
         from hart_mini.hart import HART
-        from hart_mini.train import RunOptions, train_hart
 
-        folder = self.out / mode
-        if not (folder / "hart.safetensors").exists():
-            run = RunOptions(device=str(self.device), resume=True)
-            train_hart(self.preset, folder, self.tokenizer, run, f"ablate: train_hart(mode={mode!r})", mode)
-        return HART.from_file(folder / "hart.safetensors", self.device)
+        if (mode, seed) not in self._models:
+            folder = self.out / f"{mode}_seed{seed}"
+            if not (folder / "hart.safetensors").exists():
+                preset = dataclasses.replace(self.preset,
+                                             hart_train=dataclasses.replace(self.preset.hart_train, seed=seed))
+                run = train.RunOptions(device=str(self.device), resume=True)
+                train.train_hart(preset, folder, self.tokenizer, run,
+                                 f"ablate: train_hart(mode={mode!r}, seed={seed})", mode)
+            self._models[mode, seed] = HART.from_file(folder / "hart.safetensors", self.device)
+        return self._models[mode, seed]
 
-    @property
-    def reference(self):
-        """The diffusion-last HART every ablation compares against."""
-        if self._reference is None:
-            from hart_mini.hart import HART
+    def reference(self, seed: int | None = None):
+        """The diffusion-last HART of a training seed (default: the first) every ablation compares against:
+        --reference for the first seed when given, else trained here."""
+        from hart_mini.hart import HART
 
-            self._reference = (HART.from_file(self.reference_file, self.device) if self.reference_file
-                               else self.trained("last"))
-        return self._reference
+        seed = self.train_seeds[0] if seed is None else seed
+        if self.reference_file and seed == self.train_seeds[0]:
+            if ("reference", seed) not in self._models:
+                self._models["reference", seed] = HART.from_file(self.reference_file, self.device)
+            return self._models["reference", seed]
+        return self.trained("last", seed)
+
+    def replicated(self, variants: dict[str, Callable[[int], Callable]]) -> list[dict]:
+        """variants: label -> (training seed -> generate). Each evaluated for every training seed, then
+        aggregated over them: mean and sd over training seeds, per-seed rows kept (aggregate_training_seeds)."""
+        rows: dict[str, list[dict]] = {label: [] for label in variants}
+        for seed in self.train_seeds:
+            for label, make in variants.items():
+                rows[label].append({"train_seed": seed, **self.evaluate(make(seed), label)})
+        return [aggregate_training_seeds(r, label) for label, r in rows.items()]
 
 
 def _generator(model, **knobs):
     return lambda prompts, seed: model.generate(prompts, seed=seed, **knobs)
 
 
+def compare(a: dict, b: dict, paired: bool = False) -> list[dict]:
+    """Verdicts of a vs b on FD and prompt accuracy (paired: the same trained models, see evaluate.verdict)."""
+    return [verdict(a, b, metric, paired) for metric in ("fd", "prompt_accuracy")]
+
+
 def _bars(rows: list[dict], title: str) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=viz.DPI)
     labels = [r["label"] for r in rows]
-    axes[0].bar(labels, [r["fd"] for r in rows], color="tab:blue")
+    axes[0].bar(labels, [r["fd"] for r in rows], yerr=[noise(r, "fd") for r in rows], capsize=4, color="tab:blue")
     axes[0].set(title="FD to real images (lower is better)")
-    axes[1].bar(labels, [r["prompt_accuracy"] for r in rows], color="tab:green")
+    axes[1].bar(labels, [r["prompt_accuracy"] for r in rows], yerr=[noise(r, "prompt_accuracy") for r in rows],
+                capsize=4, color="tab:green")
     axes[1].set(title="prompt accuracy (higher is better)", ylim=(0, 1))
     for ax in axes:
         ax.tick_params(axis="x", labelsize=7, rotation=15)
@@ -92,8 +133,10 @@ def _bars(rows: list[dict], title: str) -> plt.Figure:
 def _sweep(xs, series: dict[str, list[dict]], xlabel: str, title: str, logx: bool = False) -> plt.Figure:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=viz.DPI)
     for name, rows in series.items():
-        for ax, key in zip(axes, ("fd", "prompt_accuracy", "seconds_per_16_images")):
-            ax.plot(xs[:len(rows)], [r[key] for r in rows], marker="o", label=name)
+        for ax, key in zip(axes, ("fd", "prompt_accuracy")):
+            ax.errorbar(xs[:len(rows)], [r[key] for r in rows], yerr=[noise(r, key) for r in rows], marker="o",
+                        capsize=3, label=name)
+        axes[2].plot(xs[:len(rows)], [r["seconds_per_16_images"] for r in rows], marker="o", label=name)
     for ax, key in zip(axes, ("FD (lower is better)", "prompt accuracy", "seconds per 16 images")):
         ax.set(xlabel=xlabel, title=key, xscale="log" if logx else "linear")
         ax.grid(alpha=0.3)
@@ -104,41 +147,52 @@ def _sweep(xs, series: dict[str, list[dict]], xlabel: str, title: str, logx: boo
 
 
 def ablate_head(ctx: Context) -> tuple[dict, plt.Figure]:
-    hart, discrete = ctx.reference, ctx.trained("off")
-    rows = [ctx.evaluate(_generator(hart), "HART (head on)"),
-            ctx.evaluate(_generator(hart, use_head=False), "same model, head skipped"),
-            ctx.evaluate(_generator(discrete), "discrete-only model")]
-    fd_gain = 1 - rows[0]["fd"] / rows[2]["fd"]
-    return {"rows": rows, "fd_better_with_head_vs_discrete_model": round(fd_gain, 4),
+    rows = ctx.replicated({"HART (head on)": lambda s: _generator(ctx.reference(s)),
+                           "same model, head skipped": lambda s: _generator(ctx.reference(s), use_head=False),
+                           "discrete-only model": lambda s: _generator(ctx.trained("off", s))})
+    return {"rows": rows, "verdicts": compare(rows[0], rows[2]) + compare(rows[0], rows[1], paired=True),
+            "fd_better_with_head_vs_discrete_model": round(1 - rows[0]["fd"] / rows[2]["fd"], 4),
             "fd_better_with_head_vs_head_skipped": round(1 - rows[0]["fd"] / rows[1]["fd"], 4)}, \
         _bars(rows, "residual head on vs off")
 
 
 def ablate_full(ctx: Context) -> tuple[dict, plt.Figure]:
-    series = {"residual head (HART)": [ctx.evaluate(_generator(ctx.reference, sampling_steps=s), f"residual, {s}")
-                                       for s in STEPS]}
-    full = ctx.trained("full")
-    series["full-token head (MAR-style)"] = [ctx.evaluate(_generator(full, sampling_steps=s), f"full, {s}")
-                                             for s in STEPS]
-    return {"steps": list(STEPS), "series": series}, _sweep(STEPS, series, "head sampling steps",
-                                                           "residual vs full-token head", logx=True)
+    series = {"residual head (HART)": [], "full-token head (MAR-style)": []}
+    verdicts = []
+    for steps in STEPS:
+        residual, full = ctx.replicated({
+            f"residual, {steps}": lambda s, k=steps: _generator(ctx.reference(s), sampling_steps=k),
+            f"full, {steps}": lambda s, k=steps: _generator(ctx.trained("full", s), sampling_steps=k)})
+        series["residual head (HART)"].append(residual)
+        series["full-token head (MAR-style)"].append(full)
+        verdicts += compare(residual, full)
+    return {"steps": list(STEPS), "series": series, "verdicts": verdicts}, \
+        _sweep(STEPS, series, "head sampling steps", "residual vs full-token head", logx=True)
 
 
 def ablate_early(ctx: Context) -> tuple[dict, plt.Figure]:
-    rows = [ctx.evaluate(_generator(ctx.reference), "diffusion-last (HART)"),
-            ctx.evaluate(_generator(ctx.trained("early")), "diffusion-early")]
-    return {"rows": rows}, _bars(rows, "diffusion-early vs diffusion-last")
+    rows = ctx.replicated({"diffusion-last (HART)": lambda s: _generator(ctx.reference(s)),
+                           "diffusion-early": lambda s: _generator(ctx.trained("early", s))})
+    return {"rows": rows, "verdicts": compare(rows[0], rows[1])}, _bars(rows, "diffusion-early vs diffusion-last")
 
 
 def ablate_steps(ctx: Context) -> tuple[dict, plt.Figure]:
-    rows = [ctx.evaluate(_generator(ctx.reference, sampling_steps=s), f"{s} steps") for s in STEPS]
-    return {"steps": list(STEPS), "rows": rows}, _sweep(STEPS, {"HART": rows}, "head sampling steps",
-                                                       "head sampling steps", logx=True)
+    """The head's steps; each count compared with the model's own (8: HART's choice) by a verdict."""
+    model = ctx.reference()
+    rows = [ctx.evaluate(_generator(model, sampling_steps=s), f"{s} steps") for s in STEPS]
+    default = next((r for s, r in zip(STEPS, rows) if s == model.head_cfg.sampling_steps), None)
+    verdicts = [v for r in rows if default and r is not default for v in compare(r, default)]
+    return {"steps": list(STEPS), "rows": rows, "verdicts": verdicts}, \
+        _sweep(STEPS, {"HART": rows}, "head sampling steps", "head sampling steps", logx=True)
 
 
 def ablate_cfg(ctx: Context) -> tuple[dict, plt.Figure]:
-    rows = [ctx.evaluate(_generator(ctx.reference, cfg_scale=c), f"cfg {c}") for c in CFGS]
-    return {"cfg": list(CFGS), "rows": rows}, _sweep(CFGS, {"HART": rows}, "cfg scale", "guidance sweep")
+    """The guidance sweep, and the scale the benchmark's tuning rule (bench.choose_cfg) picks from it."""
+    from hart_mini.bench import CFG_RULE, choose_cfg
+
+    rows = [{"cfg": c, **ctx.evaluate(_generator(ctx.reference(), cfg_scale=c), f"cfg {c}")} for c in CFGS]
+    return {"cfg": list(CFGS), "rows": rows, "chosen": choose_cfg(rows)["cfg"], "rule": CFG_RULE}, \
+        _sweep(CFGS, {"HART": rows}, "cfg scale", "guidance sweep")
 
 
 def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure]:
@@ -163,7 +217,7 @@ def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure
         variants[mode] = HybridTokenizer.from_file(folder / "tokenizer.safetensors", ctx.device)
         metrics[mode] = evaluate_tokenizer(variants[mode], ToyShapes(preset.data, "test", size=ctx.n), ctx.n,
                                            judge=ctx.judge)
-    rows, hart = [], ctx.reference
+    rows, hart = [], ctx.reference()
     same_codes = torch.equal(hart.tokenizer.quantizer.codebook.weight.cpu(),
                              variants["alternating"].quantizer.codebook.weight.cpu())
     if same_codes:  # the reference's tokens are valid for both decoders: decode them with each
@@ -174,33 +228,48 @@ def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure
             rows.append(ctx.evaluate(_generator(hart, use_head=False), f"{mode} decoder, head off"))
         hart.tokenizer.decoder.load_state_dict(original)
     fig = _bars(rows, "one alternating decoder vs a continuous-only decoder") if rows else plt.figure()
-    return {"reconstruction": metrics, "generation": rows,
+    verdicts = compare(rows[0], rows[2]) + compare(rows[1], rows[3]) if rows else []  # same head, other decoder
+    return {"reconstruction": metrics, "generation": rows, "verdicts": verdicts,
             "note": None if same_codes else "the reference HART uses another codebook: generation not compared"}, fig
 
 
 def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | None = None,
         reference: str | Path | None = None, tokenizer: str | Path | None = None, stage_a: str | Path | None = None,
-        judge: str | Path | None = None, command: str = "") -> dict:
+        judge: str | Path | None = None, command: str = "", seeds: Sequence[int] = (0, 1000, 2000),
+        train_seeds: Sequence[int] = (0, 1)) -> dict:
+    """Run one ablation; seeds: sampling seeds of every evaluation; train_seeds: training seeds of every
+    variant that head, early and full train (the others use the first seed's reference only)."""
     from hart_mini import pretrained
+    from hart_mini.config import require
     from hart_mini.runtime import describe_device, pick_device
 
     if name not in ABLATIONS:
         raise ValueError(f"ablation {name!r} is unknown: expected one of {ABLATIONS}")
+    for field, values in (("seeds", seeds), ("train_seeds", train_seeds)):
+        require(len(values) >= 1 and len(set(values)) == len(values) and all(v >= 0 for v in values), field,
+                list(values), "one or more distinct integers >= 0")
     out, device = Path(out), pick_device(device)
     out.mkdir(parents=True, exist_ok=True)
     n_eval = n_eval or {"smoke": 16, "cpu": 1000, "gpu": 2000}[preset.name]
     from hart_mini.judge import Judge
 
     judge = Judge.from_file(judge, device) if judge else pretrained.load("judge", preset.shipped, device)
+    train_seeds = list(train_seeds) if name in TRAINED else list(train_seeds)[:1]
+    evaluations = {"head": 3 * len(train_seeds), "early": 2 * len(train_seeds), "steps": len(STEPS),
+                   "full": 2 * len(STEPS) * len(train_seeds), "cfg": len(CFGS), "decoder": 4}[name]
     ctx = Context(preset, out, device, judge, n_eval, Path(tokenizer) if tokenizer else None,
-                  Path(reference) if reference else None)
+                  Path(reference) if reference else None, seeds, train_seeds, evaluations)
     if name == "decoder":
         result, fig = ablate_decoder(ctx, Path(stage_a) if stage_a else None)
     else:
         result, fig = {"head": ablate_head, "full": ablate_full, "early": ablate_early, "steps": ablate_steps,
                        "cfg": ablate_cfg}[name](ctx)
-    result = {"ablation": name, "preset": preset.name, "n_eval": n_eval, "device": describe_device(device),
-              "reference": str(reference) if reference else "trained here", "command": command, **result}
+    ctx.bar.close()
+    where = f" (stands in for training seed {train_seeds[0]})" if name in TRAINED else ""
+    result = {"ablation": name, "preset": preset.name, "n_eval": n_eval, "seeds": list(seeds),
+              "train_seeds": train_seeds if name in TRAINED else None, "noise": NOISE,
+              "device": describe_device(device),
+              "reference": f"{reference}{where}" if reference else "trained here", "command": command, **result}
     checkpoint.write_json(out / f"{name}.json", result)
     viz.save(fig, out / f"{name}.png")
     return result

@@ -10,7 +10,7 @@
     sample           prompts -> a grid of images from a trained or shipped HART
     eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
     diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
-    bench            HART vs discrete-only vs the diffusion baseline: latency, throughput, MACs, FD
+    bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
     ablate NAME      head, full, early, steps, decoder, cfg: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
     doctor           check this machine: device, bf16, SDPA kernels, a training burst, samples
@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hart_mini import runs
@@ -207,18 +208,18 @@ def cmd_train_judge(args) -> dict:
 
 
 def cmd_eval_hart(args) -> dict:
-    from hart_mini.evaluate import evaluate_generator
+    from hart_mini.evaluate import evaluate_seeds
 
     if args.json:
         runs.output_file(args.json, "--json")
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
+    seeds = [args.seed] if args.seed is not None else args.seeds
     generate = lambda prompts, seed: model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                                    sampling_steps=args.steps, seed=args.seed + seed,
-                                                    use_head=not args.no_head)
-    result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": args.seed,
+                                                    sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
+    result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": seeds[0],
               "steps": args.steps or model.head_cfg.sampling_steps,
-              **evaluate_generator(generate, judge, get_preset(args.preset).data, args.n)}
+              **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds)}
     return emit(result, args.json)
 
 
@@ -280,7 +281,8 @@ def cmd_diagnose(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from hart_mini.bench import benchmark, kv_cache_speedup
+    from hart_mini import viz
+    from hart_mini.bench import frontier, frontier_figure, kv_cache_speedup
     from hart_mini.runtime import describe_device, pick_device
 
     if args.json:
@@ -295,18 +297,15 @@ def cmd_bench(args) -> dict:
     hart, hart_source = resolve("hart", args.hart, args.preset, args.device)
     baseline, base_source = resolve("diffusion", args.baseline, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
-    hart_params = sum(p.numel() for p in hart.trainable_parameters())
-    generators = {
-        "hart": (lambda p, s: hart.generate(p, cfg_scale=args.cfg, seed=s), hart_params),
-        "discrete": (lambda p, s: hart.generate(p, cfg_scale=args.cfg, seed=s, use_head=False),
-                     hart_params - (hart.parameter_counts()["head"])),
-        "diffusion": (lambda p, s: baseline.generate(p, cfg_scale=args.cfg, sampling_steps=args.baseline_steps,
-                                                     seed=s), baseline.parameter_count()),
-    }
-    result = benchmark(generators, judge, preset.data, device, args.n, args.batch, args.repeats)
-    result.update(device=describe_device(device), hart=hart_source, baseline=base_source, cfg=args.cfg,
-                  head_steps=hart.head_cfg.sampling_steps, baseline_steps=args.baseline_steps,
+    cfgs = [args.cfg] if args.cfg is not None else ([3.0] if args.n == 0 else args.cfg_sweep)
+    result = frontier(hart, baseline, judge, preset.data, device, args.n, args.seeds, args.baseline_steps,
+                      args.head_steps, cfgs, args.tune_at, args.batch, args.repeats)
+    figure = args.figure or (args.json.with_suffix(".png") if args.json else None)
+    result.update(device=describe_device(device), hart=hart_source, baseline=base_source,
+                  figure=str(figure) if figure and args.n > 0 else None,
                   torch=__import__("torch").__version__, command=command_line())
+    if result["figure"]:  # the figure needs quality: none for --n 0
+        viz.save(frontier_figure(result), figure)
     return emit(result, args.json)
 
 
@@ -316,7 +315,22 @@ def cmd_ablate(args) -> dict:
     runs.output_folder(args.out)
     judge = args.judge / "judge.safetensors" if args.judge and args.judge.is_dir() else args.judge
     return emit(run(args.name, get_preset(args.preset), args.out, args.device, args.n, args.reference,
-                    args.tokenizer, args.stage_a, judge, command_line()))
+                    args.tokenizer, args.stage_a, judge, command_line(), seeds=args.seeds,
+                    train_seeds=args.train_seeds))
+
+
+def number_list(kind: type) -> Callable[[str], list]:
+    """An argparse type: '5,10,20' -> [5, 10, 20] of `kind`, with a clear error for anything else."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
+        return values
+
+    return parse
 
 
 def cmd_doctor(args) -> dict:
@@ -458,8 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--steps", type=count(1), default=None, help="head sampling steps (default: the model's)")
     p.add_argument("--no-head", action="store_true", help="evaluate the discrete-only images")
-    p.add_argument("--seed", type=int, default=0,
-                   help="added to every batch's seed: another value draws other samples for the same prompts")
+    p.add_argument("--seeds", type=number_list(int), default=[0, 1000, 2000],
+                   help="sampling seeds, comma-separated: FD is reported as mean +- sd over them (default 0,1000,2000)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="one sampling seed only (same as --seeds S): added to every batch's seed")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_eval_hart)
@@ -476,20 +492,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("bench", help="latency, throughput, MACs, FD: HART vs discrete-only vs diffusion baseline")
+    p = sub.add_parser("bench", help="the quality-speed frontier of HART and the diffusion baseline, and HART's "
+                                     "speed-up at matched quality")
     add_preset(p)
     p.add_argument("--hart", type=Path, default=None, help="HART file or folder (default: shipped)")
     p.add_argument("--baseline", type=Path, default=None, help="diffusion baseline file or folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=eval_count, default=1000, help="samples for FD and prompt accuracy (0 = speed only)")
+    p.add_argument("--n", type=eval_count, default=1000,
+                   help="samples per seed for FD and prompt accuracy (0 = speed only)")
+    p.add_argument("--seeds", type=number_list(int), default=[0, 1000, 2000],
+                   help="sampling seeds for every quality point (FD mean +- sd over them)")
     p.add_argument("--batch", type=count(1), default=64, help="batch size for throughput")
     p.add_argument("--repeats", type=count(1), default=5, help="timed runs per measurement (median)")
-    p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for every model")
-    p.add_argument("--baseline-steps", type=count(1), default=30, help="DDIM steps of the baseline")
+    p.add_argument("--baseline-steps", type=number_list(int), default=[5, 10, 20, 30, 50],
+                   help="DDIM step counts of the baseline to sweep")
+    p.add_argument("--head-steps", type=number_list(int), default=[1, 2, 4, 8, 16],
+                   help="head step counts of HART to sweep (its default, 8, is always added)")
+    p.add_argument("--cfg-sweep", type=number_list(float), default=[0.0, 1.0, 2.0, 3.0, 4.5, 6.0],
+                   help="guidance scales each model is tuned over (lowest FD among those with prompt accuracy "
+                        "inside the noise of the best)")
+    p.add_argument("--cfg", type=guidance, default=None,
+                   help="one guidance scale for both models, no tuning (with --n 0 the default is 3.0)")
+    p.add_argument("--tune-at", choices=("default", "each"), default="default",
+                   help="tune guidance at each model's default steps (8 head, 30 DDIM) or at every swept step count")
     p.add_argument("--kv-cache", action="store_true",
                    help="only time sampling with vs without the KV cache at 32 px and 64 px (untrained models)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="PNG of the frontier (default: beside --json, same name)")
     p.set_defaults(func=cmd_bench)
 
     from hart_mini.ablate import ABLATIONS
@@ -504,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=count(2, " (FD needs 2)"), default=None,
                    help="samples per evaluation (default: by preset)")
+    p.add_argument("--seeds", type=number_list(int), default=[0, 1000, 2000],
+                   help="sampling seeds of every evaluation (FD mean +- sd over them)")
+    p.add_argument("--train-seeds", type=number_list(int), default=[0, 1],
+                   help="head, early, full: train every variant with each of these seeds, in OUT/<variant>_seed<s> "
+                        "(reused if there); --reference stands in for the first seed's HART")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_ablate)
 

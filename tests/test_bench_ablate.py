@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,29 +34,132 @@ def models(tmp_path_factory):
     return root
 
 
-def test_bench_writes_valid_json_with_ratios(models, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--preset", "smoke", "--hart", str(models / "hart"), "--baseline", str(models / "diffusion"),
-                 "--judge", str(models / "judge.safetensors"), "--n", "4", "--batch", "4", "--repeats", "1",
-                 "--baseline-steps", "3", "--device", "cpu", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert set(result["models"]) == {"hart", "discrete", "diffusion"}
-    for row in result["models"].values():
-        assert row["latency_s"] > 0 and row["throughput_img_s"] > 0 and row["macs_per_image"] > 0
-        assert row["n"] == 4 and "fd" in row and "prompt_accuracy" in row
-    assert set(result["ratios_vs_diffusion"]) == {"hart", "discrete"}
-    assert json.loads(capsys.readouterr().out)["cfg"] == 3.0
+def _bench(models, tmp_path, *extra) -> list[str]:
+    return ["bench", "--preset", "smoke", "--hart", str(models / "hart"), "--baseline", str(models / "diffusion"),
+            "--judge", str(models / "judge.safetensors"), "--batch", "4", "--repeats", "1", "--device", "cpu",
+            "--json", str(tmp_path / "bench.json"), *extra]
+
+
+def test_bench_writes_the_frontier_the_matched_quality_headline_and_a_figure(models, tmp_path):
+    from hart_mini.bench import choose_cfg, matched_point
+
+    assert main(_bench(models, tmp_path, "--n", "4", "--seeds", "0,7", "--baseline-steps", "3,2",
+                       "--head-steps", "1,2", "--cfg-sweep", "0,3")) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 0 and result["figure"] == str(tmp_path / "bench.png")
+    frontier = result["frontier"]
+    assert [p["steps"] for p in frontier["diffusion"]] == [2, 3]
+    assert [p["steps"] for p in frontier["hart"]] == [1, 2, 8]  # the model's default head steps is added
+    for point in [*frontier["diffusion"], *frontier["hart"], *frontier["discrete"]]:
+        assert point["latency_s"] > 0 and point["throughput_img_s"] > 0 and point["macs_per_image"] > 0
+        assert point["n"] == 4 and point["seeds"] == [0, 7] and len(point["per_seed"]) == 2
+        assert point["fd_sd"] >= 0 and 0 <= point["prompt_accuracy_se"] <= 0.5 and "acc_colour_se" in point
+        assert point["fd"] == pytest.approx(sum(r["fd"] for r in point["per_seed"]) / 2, abs=1e-4)
+    baseline_macs = [p["macs_per_image"] for p in frontier["diffusion"]]
+    assert baseline_macs[0] < baseline_macs[1]  # 2 vs 3 denoiser passes
+    tuning = result["cfg_tuning"]
+    for name, steps in (("hart", 8), ("diffusion", 3)):  # each tuned once, at its reference steps
+        (tuned,) = tuning[name]
+        assert tuned["steps"] == steps and [r["cfg"] for r in tuned["sweep"]] == [0.0, 3.0]
+        assert tuned["chosen"] == choose_cfg(tuned["sweep"])["cfg"] == result["cfg"][name]
+    assert {p["cfg"] for p in frontier["diffusion"]} == {result["cfg"]["diffusion"]}
+    matched = result["matched_quality"]
+    assert {"baseline_steps", "throughput_ratio", "macs_ratio"} <= set(matched)
+    match = matched_point(result["models"]["hart"], frontier["diffusion"])
+    assert matched["baseline_steps"] == (match["steps"] if match else None)
+    if match:
+        assert matched["throughput_ratio"] == round(result["models"]["hart"]["throughput_img_s"]
+                                                    / match["throughput_img_s"], 2)
+    assert set(result["ratios_vs_diffusion"]) == {"hart", "discrete"} and set(result["ratios_by_baseline_steps"]) == {
+        "2", "3"}
+    assert result["models"]["diffusion"]["steps"] == 3  # the default 30 was not swept: the most steps stand in
+
+
+def test_bench_speed_only_measures_no_quality_and_names_no_match(models, tmp_path):
+    assert main(_bench(models, tmp_path, "--n", "0", "--baseline-steps", "2", "--head-steps", "8")) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["cfg"] == {"hart": 3.0, "diffusion": 3.0} and result["cfg_tuning"] is None
+    assert result["matched_quality"]["baseline_steps"] is None and result["figure"] is None
+    assert "fd" not in result["models"]["hart"] and result["models"]["hart"]["throughput_img_s"] > 0
+    assert result["ratios_vs_diffusion"]["hart"]["macs"] > 0
+
+
+def test_bench_refuses_bad_sweeps_in_one_line(models, tmp_path, capsys):
+    assert main(_bench(models, tmp_path, "--n", "4", "--baseline-steps", "0,5")) == 2
+    assert "baseline_steps=[0, 5] is invalid" in capsys.readouterr().err
+    assert main(_bench(models, tmp_path, "--seeds", "zero")) == 2
+    assert "'zero' is not a comma-separated list of ints" in capsys.readouterr().err
+    from hart_mini.bench import frontier
+
+    with pytest.raises(ValueError, match="one value when n_eval = 0"):  # speed only: nothing to tune on
+        frontier(None, None, None, PRESET.data, torch.device("cpu"), 0, cfgs=(0.0, 3.0))
 
 
 @pytest.mark.parametrize("name", ABLATIONS)
 def test_every_ablation_runs_at_smoke_size_and_writes_json_and_a_figure(name, models, tmp_path):
     args = ["ablate", name, "--preset", "smoke", "--out", str(tmp_path), "--n", "4", "--device", "cpu",
-            "--judge", str(models / "judge.safetensors"), "--tokenizer", str(models / "tokenizer.safetensors")]
+            "--judge", str(models / "judge.safetensors"), "--tokenizer", str(models / "tokenizer.safetensors"),
+            "--seeds", "0,1", "--train-seeds", "0"]
     if name != "decoder":
         args += ["--reference", str(models / "hart" / "hart.safetensors")]
     assert main(args) == 0
     result = json.loads((tmp_path / f"{name}.json").read_text())
     assert result["ablation"] == name and result["n_eval"] == 4 and (tmp_path / f"{name}.png").stat().st_size > 0
+    assert result["seeds"] == [0, 1]
+    rows = result["generation"] if name == "decoder" else result.get("rows") or result["series"]["residual head (HART)"]
+    assert all("fd_sd" in r and "prompt_accuracy_se" in r for r in rows)
+    if name == "steps":  # every step count against the model's own 8
+        assert len(result["verdicts"]) == 2 * (len(result["steps"]) - 1)
+        assert all(v["b"] == "8 steps" for v in result["verdicts"])
+    if name == "cfg":
+        assert result["chosen"] in result["cfg"]
+
+
+@pytest.fixture
+def counted_training(monkeypatch):
+    """train_hart at 2 steps, recording (folder name, the training seed it got)."""
+    import hart_mini.train as train
+
+    calls, real = [], train.train_hart
+
+    def quick(preset, out, *args, **kwargs):
+        calls.append((Path(out).name, preset.hart_train.seed))
+        short = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, steps=2, batch_size=4))
+        return real(short, out, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_hart", quick)
+    return calls
+
+
+def test_ablate_trains_each_variant_per_training_seed_in_its_own_folder_and_reuses_it(models, tmp_path,
+                                                                                      counted_training):
+    args = ["ablate", "early", "--preset", "smoke", "--out", str(tmp_path), "--n", "4", "--device", "cpu",
+            "--judge", str(models / "judge.safetensors"), "--tokenizer", str(models / "tokenizer.safetensors"),
+            "--seeds", "0,1", "--train-seeds", "0,3"]
+    assert main(args) == 0
+    assert sorted(counted_training) == [("early_seed0", 0), ("early_seed3", 3), ("last_seed0", 0), ("last_seed3", 3)]
+    first, second = (checkpoint.load(tmp_path / f"last_seed{s}" / "hart.safetensors")[0] for s in (0, 3))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the seed changed the trained weights
+    result = json.loads((tmp_path / "early.json").read_text())
+    assert result["train_seeds"] == [0, 3]
+    for row in result["rows"]:
+        assert row["train_seeds"] == [0, 3] and [r["train_seed"] for r in row["per_train_seed"]] == [0, 3]
+        assert row["fd"] == pytest.approx(sum(r["fd"] for r in row["per_train_seed"]) / 2, abs=1e-4)
+    assert {v["metric"] for v in result["verdicts"]} == {"fd", "prompt_accuracy"}
+    assert all(v["verdict"] in ("inside the noise", "diffusion-last (HART) better", "diffusion-early better")
+               for v in result["verdicts"])
+    assert main(args) == 0 and len(counted_training) == 4  # every folder reused: nothing trained again
+
+
+def test_ablate_reference_stands_in_for_the_first_training_seed_only(models, tmp_path, counted_training):
+    assert main(["ablate", "head", "--preset", "smoke", "--out", str(tmp_path), "--n", "4", "--device", "cpu",
+                 "--judge", str(models / "judge.safetensors"), "--tokenizer", str(models / "tokenizer.safetensors"),
+                 "--reference", str(models / "hart" / "hart.safetensors"), "--seeds", "0,1",
+                 "--train-seeds", "0,1"]) == 0
+    assert sorted(counted_training) == [("last_seed1", 1), ("off_seed0", 0), ("off_seed1", 1)]
+    result = json.loads((tmp_path / "head.json").read_text())
+    assert "stands in for training seed 0" in result["reference"] and len(result["verdicts"]) == 4
+    assert [v["paired"] for v in result["verdicts"]] == [False, False, True, True]  # head skipped: same models
 
 
 def test_kv_cache_benchmark_reports_both_sizes():

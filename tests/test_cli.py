@@ -52,6 +52,23 @@ def test_eval_hart_seed_draws_other_samples_for_the_same_prompts(capsys):
     assert fd(1000) != first  # another seed: other samples, so another estimate
 
 
+def test_eval_hart_seeds_report_mean_sd_and_standard_errors_of_the_single_seed_runs(capsys, tmp_path):
+    def run(*args: str) -> dict:
+        assert main(["eval", "hart", "--preset", "cpu", "--n", "8", "--device", "cpu", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    singles = [run("--seed", str(s)) for s in (0, 1000)]
+    both = run("--seeds", "0,1000", "--json", str(tmp_path / "eval.json"))
+    assert both["seeds"] == [0, 1000] and [r["fd"] for r in both["per_seed"]] == [r["fd"] for r in singles]
+    fds = [r["fd"] for r in singles]
+    assert both["fd"] == pytest.approx(sum(fds) / 2, abs=1e-4)
+    assert both["fd_sd"] == pytest.approx(abs(fds[0] - fds[1]) / 2 ** 0.5, abs=1e-4)
+    p = both["prompt_accuracy"]
+    assert both["prompt_accuracy_se"] == pytest.approx((p * (1 - p) / 8) ** 0.5, abs=1e-4)
+    assert {"acc_position", "acc_relation", "acc_position_se", "acc_relation_se"} <= set(both)
+    assert json.loads((tmp_path / "eval.json").read_text())["fd"] == both["fd"]
+
+
 @pytest.mark.parametrize("kind", ["tokenizer", "hart", "judge", "diffusion"])
 def test_every_kind_resolves_to_the_cpu_model_shipped_for_smoke(kind):
     from hart_mini.cli import resolve
