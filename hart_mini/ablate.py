@@ -55,7 +55,9 @@ class Context:
         from hart_mini.train import RunOptions, train_hart
 
         folder = self.out / mode
-        if not (folder / "hart.safetensors").exists():
+        done = (folder / "hart.safetensors").exists() and checkpoint.load(folder / "hart.safetensors")[1].get(
+            "finished", True)  # a run stopped early leaves its model, flagged unfinished: continue it
+        if not done:
             run = RunOptions(device=str(self.device), resume=True)
             train_hart(self.preset, folder, self.tokenizer, run, f"ablate: train_hart(mode={mode!r})", mode)
         return HART.from_file(folder / "hart.safetensors", self.device)
