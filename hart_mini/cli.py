@@ -102,9 +102,10 @@ def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
     """A model of `kind` ('tokenizer', 'hart', 'judge', 'diffusion') and where it came from: --ckpt (a file,
     or a training folder holding KIND.safetensors), else the one shipped for the preset (smoke uses cpu's)."""
     from hart_mini import pretrained
-    from hart_mini.runtime import pick_device
+    from hart_mini.runtime import enable_tf32, pick_device
 
     device = pick_device(device)
+    enable_tf32(device)  # what stays fp32 in evaluation runs on TF32 tensor cores on CUDA
     if ckpt is None:
         shipped = get_preset(preset).shipped
         return pretrained.load(kind, shipped, device), f"shipped {kind} ({shipped})"

@@ -590,7 +590,11 @@ class Pipeline:
         kind = "diffusion" if stage == "diffusion" else "hart"
         path = Path(result["model"])
         if stage != "discrete":
-            path = self.export(kind, path)
+            try:
+                path = self.export(kind, path)
+            except ValueError as e:  # too large to ship: say so, and evaluate the fp32 file all the same
+                self.results.data["export"].setdefault("errors", {})[kind] = str(e)
+                self.results.say(f"{stage}: not exported: {e}")
         self.evaluate(stage, path)
 
     def evaluate(self, stage: str, path: Path) -> None:

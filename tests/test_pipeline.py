@@ -68,6 +68,7 @@ def test_exported_weights_are_fp16_within_the_size_limits_and_listed(smoke_run):
         for key in ("kind", "preset", "config", "command", "metrics", "train_seconds", "device", "finished"):
             assert key in entry, key
     assert total <= MAX_TOTAL_BYTES and results["export"]["sizes"]["total_bytes"] == total
+    assert results["export"]["sizes"]["within_limits"] and "errors" not in results["export"]
     assert entries["hart_smoke"]["metrics"]["eval_n"] == results["eval_sizes"]["n"]
     assert "fd_head_skipped" in entries["hart_smoke"]["metrics"]
 
