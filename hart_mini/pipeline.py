@@ -282,15 +282,16 @@ def make_plan(preset, opts: PipelineOptions, step_s: dict, fixed: dict, source: 
     scaled = plan_steps(preset, step_s, max(available, 0.0), opts.max_scale, optional_eval)
     if "discrete" not in scaled["steps"]:
         fixed = {k: v for k, v in fixed.items() if k != "evaluation_discrete"}
-    stages = {}
+    stages, train = {}, 0.0
     for s in STAGES:
         if s.name in scaled["steps"]:
             cfg = getattr(preset, s.train)
             steps = scaled["steps"][s.name]
+            train += steps * step_s[s.name]
             stages[s.name] = {"steps": steps, "preset_steps": cfg.steps, "batch": cfg.batch_size,
                               "step_ms": round(1e3 * step_s[s.name], 2),
                               "seconds": round(steps * step_s[s.name], 1), "what": s.what}
-    total = sum(fixed.values()) + sum(v["seconds"] for v in stages.values())
+    total = sum(fixed.values()) + train  # unrounded: the steps were floored to fit
     return {"preset": preset.name, "source": source, "budget_s": budget, "margin_s": round(margin, 1),
             "factor": scaled["factor"], "stages": stages, "skipped": scaled["skipped"],
             "fixed_s": {k: round(v, 1) for k, v in fixed.items()}, "expected_total_s": round(total, 1),

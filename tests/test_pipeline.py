@@ -166,6 +166,12 @@ def test_plan_scales_every_stage_by_one_factor_and_drops_the_optional_one_when_s
     required = need - planned["discrete"] * step_s["discrete"]
     assert tight["factor"] == pytest.approx(0.5 * need / required, rel=1e-3)
     assert tight["steps"]["hart"] == int(30 * 0.5 * need / required)
+    from hart_mini.pipeline import make_plan
+
+    opts = PipelineOptions(preset="smoke", budget_minutes=need * 1.5 / 60, max_scale=10.0)
+    filled = make_plan(preset, opts, step_s, {"data": 0.1 * need, "evaluation_discrete": 0.01}, "synthetic")
+    assert 1.0 < filled["factor"] < 10.0 and filled["fits"]  # the budget filled to the margin, not beyond
+    assert filled["expected_total_s"] + filled["margin_s"] == pytest.approx(60 * opts.budget_minutes, rel=0.02)
 
 
 def test_export_refuses_a_file_over_the_limit(tmp_path, monkeypatch):
