@@ -9,6 +9,7 @@
     eval hart        FD and prompt accuracy of a trained or shipped HART
     sample           prompts -> a grid of images from a trained or shipped HART
     eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
+    diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
     bench            HART vs discrete-only vs the diffusion baseline: latency, throughput, MACs, FD
     ablate NAME      head, full, early, steps, decoder, cfg: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
@@ -193,6 +194,20 @@ def cmd_eval_tokenizer(args) -> dict:
                          f"draws {preset.data.image_size} px ones; pass the matching --preset")
     data = ToyShapes(preset.data, "test", size=max(args.n, 1))
     result = {"tokenizer": source, "split": "test", **evaluate_tokenizer(tokenizer, data, args.n, judge=judge)}
+    return emit(result, args.json)
+
+
+def cmd_diagnose(args) -> dict:
+    from hart_mini import diagnose, viz
+
+    model, source = resolve("hart", args.ckpt, args.preset, args.device)
+    judge, _ = resolve("judge", args.judge, args.preset, args.device)
+    data = get_preset(args.preset).data
+    result = {"model": source, "cfg": args.cfg, "seed": args.seed,
+              "sensitivity": diagnose.caption_sensitivity(model, data, args.n),
+              "forced": diagnose.forced_scales(model, judge, data, args.n, args.cfg, args.seed)}
+    if args.figure:
+        result["figure"] = str(viz.save(diagnose.figure(result), args.figure))
     return emit(result, args.json)
 
 
@@ -395,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_eval_hart)
+
+    p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    p.add_argument("--n", type=int, default=500, help="held-out captions per measurement")
+    p.add_argument("--cfg", type=float, default=3.0, help="guidance scale for the forced-scales samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figure", type=Path, default=None, help="also draw both measurements into this PNG")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="latency, throughput, MACs, FD: HART vs discrete-only vs diffusion baseline")
     add_preset(p)

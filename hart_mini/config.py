@@ -118,6 +118,9 @@ class TransformerConfig:
     text_depth: int = 2  # blocks of the text encoder
     position: str = "absolute"  # absolute | rope (2-D, coordinates normalised to the finest grid)
     cond_dropout: float = 0.1  # share of captions dropped in training, for classifier-free guidance
+    # Cross-entropy weight of a token of scale k, proportional to (pn_k^2)^-scale_balance and normalised to a
+    # mean of 1 over the L tokens: 0 weighs every token alike (VAR), 1 gives every scale the same total weight.
+    scale_balance: float = 0.0
 
     def __post_init__(self):
         for name in ("width", "depth", "num_heads", "text_len"):
@@ -131,6 +134,7 @@ class TransformerConfig:
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a number > 0")
         require(self.position in ("absolute", "rope"), "position", self.position, "'absolute' or 'rope'")
         require(0.0 <= self.cond_dropout < 1.0, "cond_dropout", self.cond_dropout, "a number in [0, 1)")
+        require(0.0 <= self.scale_balance <= 1.0, "scale_balance", self.scale_balance, "a number in [0, 1]")
 
 
 HEAD_MODES = ("off", "last", "full", "early")

@@ -117,6 +117,10 @@ class HART(nn.Module):
             self.head = MLPHead(self.head_cfg, tok.latent_channels, cfg.width)
             self.cond_norm = nn.LayerNorm(cfg.width)  # z = norm(h + word_embed(e(r)))
             self.schedule = CosineSchedule(self.head_cfg.train_steps)
+        # CE weight of each image token (L,): (pn_k^2)^-scale_balance, mean 1 (see TransformerConfig)
+        sizes = torch.cat([torch.full((p * p,), float(p * p)) for p in self.scales])
+        weights = sizes.pow(-cfg.scale_balance)
+        self.register_buffer("token_weights", weights / weights.mean(), persistent=False)
         # The head's targets are divided by this, measured from data (measure_residual_scale), so they
         # have unit variance; it is saved with the weights.
         self.register_buffer("residual_scale", torch.ones(()))
@@ -209,11 +213,14 @@ class HART(nn.Module):
         logits, h = self.transformer(ids, mask, inputs, drop, keep)  # (B, L, V), (B, L, D); L shorter with keep
         targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
         last = self.transformer.starts[-2]  # first token of the last scale
+        weights = self.token_weights  # (L,) the CE weight of each token
         if keep is not None:  # only the kept last-scale tokens are scored
             targets = torch.cat([targets[:, :last], targets[:, last:][:, keep]], dim=1)
+            weights = torch.cat([weights[:last], weights[last:][keep]])
             exact = exact[:, keep] if self.mode == "last" else exact
         scored = slice(0, last) if self.mode == "full" else slice(None)  # MAR-style: no tokens at the last scale
-        ce = F.cross_entropy(logits[:, scored].flatten(0, 1).float(), targets[:, scored].flatten())
+        ce = F.cross_entropy(logits[:, scored].float().transpose(1, 2), targets[:, scored], reduction="none")  # (B, n)
+        ce = (ce * weights[scored]).mean() / weights[scored].mean()
         logs = {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
         if self.mode == "off":
             return ce, logs
@@ -254,15 +261,23 @@ class HART(nn.Module):
     @torch.no_grad()
     def sample_latent(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
                       sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
-                      use_head: bool = True) -> dict:
+                      use_head: bool = True, forced: list[torch.Tensor] | None = None) -> dict:
         """Sample the K token maps (and the head's output). Returns indices (K x (B, pn, pn)), f_hat (the
         discrete latent), latent (what the decoder reads), path ('discrete' or 'continuous'), the raw
-        conditional logits of each scale and the last scale's hidden states h (B, pn_K^2, D)."""
+        conditional logits of each scale and the last scale's hidden states h (B, pn_K^2, D).
+
+        forced: token maps (B, pn_k, pn_k) for the first len(forced) scales, used instead of sampling them
+        (the diagnostic "force the true coarse tokens, let the model draw the rest", hart_mini.diagnose)."""
         check_sampling(cfg_scale, top_k, top_p)
         steps = self.head_cfg.sampling_steps if sampling_steps is None else sampling_steps
         require(isinstance(steps, int) and steps >= 1, "sampling_steps", steps, "an integer >= 1")
         if isinstance(prompts, str) or len(prompts) == 0:
             raise ValueError("prompts must be a non-empty list of strings")
+        forced = list(forced or [])
+        require(len(forced) <= self.K, "forced", f"{len(forced)} token maps", f"at most K={self.K}")
+        for k, given in enumerate(forced):
+            require(tuple(given.shape) == (len(prompts), self.scales[k], self.scales[k]), f"forced[{k}].shape",
+                    tuple(given.shape), f"(B, pn, pn) = ({len(prompts)}, {self.scales[k]}, {self.scales[k]})")
         self.eval()
         q, K = self.tokenizer.quantizer, self.K
         head = use_head and self.mode != "off"
@@ -299,8 +314,11 @@ class HART(nn.Module):
                 latent = latent + tokens_to_map(part, pn)
                 indices.append(None)
                 continue
-            final = guide(logits, k, K, cfg_scale) if guided else logits
-            idx = sample(final, top_k, top_p, generator)  # (B, pn^2)
+            if k < len(forced):
+                idx = forced[k].to(device).flatten(1)  # (B, pn^2), given instead of drawn
+            else:
+                final = guide(logits, k, K, cfg_scale) if guided else logits
+                idx = sample(final, top_k, top_p, generator)  # (B, pn^2)
             indices.append(idx.view(B, pn, pn))
             f_hat = f_hat + q.contribution(idx.view(B, pn, pn), k)
             code = q.codebook(idx)  # (B, pn^2, C)

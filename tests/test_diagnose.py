@@ -1,0 +1,88 @@
+"""The prompt-following diagnostic: caption flips, per-scale sensitivity, forced coarse scales, the CLI."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from hart_mini import diagnose
+from hart_mini.cli import main
+from hart_mini.config import get_preset
+from hart_mini.data import ToyShapes, parse_caption
+from hart_mini.hart import HART
+from hart_mini.text import CaptionTokenizer
+from hart_mini.tokenizer import HybridTokenizer
+
+PRESET = get_preset("smoke")
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = HART(PRESET.transformer, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(),
+                 dataclasses.replace(PRESET.head, mode="last"))
+    model.measure_residual_scale(ToyShapes(PRESET.data).batch(range(16))["image"])
+    return model.eval()
+
+
+def test_flips_reflect_positions_through_the_centre_and_reverse_relations():
+    assert diagnose.flip_caption("a small red circle at the top left") == (
+        "a small red circle at the bottom right", "position")
+    assert diagnose.flip_caption("a large blue square at the left")[0].endswith("at the right")
+    assert diagnose.flip_caption("a small red circle at the center") is None  # its own mirror image
+    flipped, kind = diagnose.flip_caption("a small red circle left of a large blue dotted square")
+    assert kind == "relation" and flipped == "a small red circle right of a large blue dotted square"
+    for p in range(9):
+        assert diagnose.mirrored_position(diagnose.mirrored_position(p)) == p
+    # every flipped caption parses, and changes what the caption asks for
+    for caption in ToyShapes(PRESET.data).batch(range(60))["caption"]:
+        flipped = diagnose.flip_caption(caption)
+        if flipped is not None:
+            a, b = parse_caption(caption), parse_caption(flipped[0])
+            assert a["objects"] == b["objects"] and (a["position"], a["relation"]) != (b["position"], b["relation"])
+
+
+def test_a_model_that_ignores_its_caption_has_zero_sensitivity_and_one_that_reads_it_does_not():
+    # AdaLN-Zero: every block starts as the identity, so no image token can see the text (the 1x1 scale is
+    # read off the last word itself, so it is not blind)
+    model = _model()
+    blind = diagnose.caption_sensitivity(model, PRESET.data, n=8)
+    assert blind["scales"] == list(PRESET.tokenizer.scales)
+    for kind in ("position", "relation"):
+        assert blind[kind]["n"] == 8 and len(blind[kind]["sensitivity"]) == len(PRESET.tokenizer.scales)
+        assert all(abs(s) < 1e-5 for s in blind[kind]["sensitivity"][1:])
+    with torch.no_grad():  # open the gates: now attention to the words reaches every position
+        for block in model.transformer.blocks:
+            block.modulation[1].weight.normal_(0, 0.5)
+    reading = diagnose.caption_sensitivity(model, PRESET.data, n=8)
+    assert max(abs(s) for s in reading["position"]["sensitivity"][1:]) > 1e-3
+
+
+def test_forced_scales_are_used_as_given_and_the_rest_is_sampled():
+    model = _model()
+    batch = ToyShapes(PRESET.data, "test").batch(range(3))
+    truth = model.tokenizer.tokenize(batch["image"]).indices
+    out = model.sample_latent(batch["caption"], seed=1, forced=truth[:2])
+    assert all(torch.equal(out["indices"][k], truth[k]) for k in range(2))
+    everything = model.sample_latent(batch["caption"], seed=1, forced=truth, use_head=False)
+    assert torch.equal(everything["f_hat"], model.tokenizer.tokenize(batch["image"]).f_hat)
+    with pytest.raises(ValueError, match=r"forced\[1\].shape"):
+        model.sample_latent(batch["caption"], forced=[truth[0], truth[0]])
+
+
+def test_forced_scales_rows_cover_every_k():
+    from hart_mini.judge import Judge
+
+    rows = diagnose.forced_scales(_model(), Judge(), PRESET.data, n=4, batch_size=2)
+    assert [r["k"] for r in rows] == list(range(len(PRESET.tokenizer.scales) + 1))
+    assert rows[-1]["forced_tokens"] == PRESET.tokenizer.num_tokens and all(r["n"] == 4 for r in rows)
+
+
+def test_diagnose_command_writes_json_and_figure(tmp_path, capsys):
+    out, fig = tmp_path / "diag.json", tmp_path / "diag.png"
+    assert main(["diagnose", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(out),
+                 "--figure", str(fig)]) == 0
+    result = json.loads(out.read_text())
+    assert result == json.loads(capsys.readouterr().out)
+    assert len(result["forced"]) == 7 and set(result["sensitivity"]) == {"scales", "position", "relation"}
+    assert fig.stat().st_size > 0
