@@ -75,13 +75,16 @@ class Context:
 
         if (mode, seed) not in self._models:
             folder = self.out / f"{mode}_seed{seed}"
-            if not (folder / "hart.safetensors").exists():
+            file = folder / "hart.safetensors"
+            # a run stopped early leaves its model, flagged unfinished: continue it
+            done = file.exists() and checkpoint.load(file)[1].get("finished", True)
+            if not done:
                 preset = dataclasses.replace(self.preset,
                                              hart_train=dataclasses.replace(self.preset.hart_train, seed=seed))
                 run = train.RunOptions(device=str(self.device), resume=True)
                 train.train_hart(preset, folder, self.tokenizer, run,
                                  f"ablate: train_hart(mode={mode!r}, seed={seed})", mode)
-            self._models[mode, seed] = HART.from_file(folder / "hart.safetensors", self.device)
+            self._models[mode, seed] = HART.from_file(file, self.device)
         return self._models[mode, seed]
 
     def reference(self, seed: int | None = None):

@@ -64,10 +64,11 @@ class LatentDiffusion(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
-    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.text_tokenizer(captions)
+    def encode_text(self, captions: list[str] | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions, or captions already tokenized as (ids, mask) by the data pipeline -> ids, mask (B, T)."""
+        ids, mask = captions if isinstance(captions, tuple) else self.text_tokenizer(captions)
         device = self.pos_embed.device
-        return ids.to(device), mask.to(device)
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
     @torch.no_grad()
     def measure_latent_scale(self, images: torch.Tensor) -> float:
@@ -89,17 +90,18 @@ class LatentDiffusion(nn.Module):
         out = self.out(self.out_norm(x[:, text.shape[1]:]) * (1 + scale) + shift)  # (B, h*h, C)
         return out.transpose(1, 2).reshape(B, C, h, h)
 
-    def loss(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict]:
+    def loss(self, images: torch.Tensor, captions: list[str] | tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
-            x0 = self.tokenizer.encode(images) / self.latent_scale
+            x0 = self.tokenizer.encode(images, check_values=False) / self.latent_scale
         ids, mask = self.encode_text(captions)
-        drop = caption_dropout(len(captions), self.cfg.cond_dropout, ids.device)
-        t = torch.randint(0, self.schedule.steps, (len(captions),), device=ids.device)
+        drop = caption_dropout(ids.shape[0], self.cfg.cond_dropout, ids.device)
+        t = torch.randint(0, self.schedule.steps, (ids.shape[0],), device=ids.device)
         eps = torch.randn_like(x0)
         target = self.schedule.target(x0, eps, t, self.diffusion.prediction)
         v = self.denoise(self.schedule.noise(x0, t, eps), t, text_condition(self.text, self.text_proj, ids, mask, drop))
         loss = (v.float() - target.float()).pow(2).mean()
-        return loss, {"diff": loss.item()}
+        return loss, {"diff": loss.detach()}
 
     @torch.no_grad()
     def generate(self, prompts: list[str], cfg_scale: float = 3.0, sampling_steps: int | None = None,

@@ -13,6 +13,8 @@
     bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
     ablate NAME      head, full, early, steps, decoder, cfg: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
+    pipeline         the whole course in one process and one time budget: train, evaluate, bench, export
+    ship-run FOLDER  put what a pipeline run brought back into data/ and data/results/PRESET/
     doctor           check this machine: device, bf16, SDPA kernels, a training burst, samples
     course student   student notebooks with the solutions removed
 """
@@ -166,9 +168,10 @@ def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
     """A model of `kind` ('tokenizer', 'hart', 'judge', 'diffusion') and where it came from: --ckpt (a file,
     or a training folder holding KIND.safetensors), else the one shipped for the preset (smoke uses cpu's)."""
     from hart_mini import pretrained
-    from hart_mini.runtime import pick_device
+    from hart_mini.runtime import enable_tf32, pick_device
 
     device = pick_device(device)
+    enable_tf32(device)  # what stays fp32 in evaluation runs on TF32 tensor cores on CUDA
     if ckpt is None:
         shipped = get_preset(preset).shipped
         return pretrained.load(kind, shipped, device), f"shipped {kind} ({shipped})"
@@ -209,14 +212,19 @@ def cmd_train_judge(args) -> dict:
 
 def cmd_eval_hart(args) -> dict:
     from hart_mini.evaluate import evaluate_seeds
+    from hart_mini.runtime import inference_autocast, pick_device
 
     if args.json:
         runs.output_file(args.json, "--json")
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     seeds = [args.seed] if args.seed is not None else args.seeds
-    generate = lambda prompts, seed: model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                                    sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
+
+    def generate(prompts, seed):
+        with inference_autocast(pick_device(args.device)):  # bf16 + TF32 on CUDA, as in training
+            return model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                  sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
+
     result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": seeds[0],
               "steps": args.steps or model.head_cfg.sampling_steps,
               **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds)}
@@ -283,7 +291,7 @@ def cmd_diagnose(args) -> dict:
 def cmd_bench(args) -> dict:
     from hart_mini import viz
     from hart_mini.bench import frontier, frontier_figure, kv_cache_speedup
-    from hart_mini.runtime import describe_device, pick_device
+    from hart_mini.runtime import describe_device, inference_autocast, pick_device
 
     if args.json:
         runs.output_file(args.json, "--json")
@@ -298,8 +306,9 @@ def cmd_bench(args) -> dict:
     baseline, base_source = resolve("diffusion", args.baseline, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     cfgs = [args.cfg] if args.cfg is not None else ([3.0] if args.n == 0 else args.cfg_sweep)
-    result = frontier(hart, baseline, judge, preset.data, device, args.n, args.seeds, args.baseline_steps,
-                      args.head_steps, cfgs, args.tune_at, args.batch, args.repeats)
+    with inference_autocast(device):  # bf16 + TF32 on CUDA, as in training; fp32 elsewhere
+        result = frontier(hart, baseline, judge, preset.data, device, args.n, args.seeds, args.baseline_steps,
+                          args.head_steps, cfgs, args.tune_at, args.batch, args.repeats)
     figure = args.figure or (args.json.with_suffix(".png") if args.json else None)
     result.update(device=describe_device(device), hart=hart_source, baseline=base_source,
                   figure=str(figure) if figure and args.n > 0 else None,
@@ -337,7 +346,29 @@ def cmd_doctor(args) -> dict:
     from hart_mini.doctor import doctor
 
     runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
-    return emit(doctor(get_preset(args.preset), args.device, args.steps, args.out))
+    return emit(doctor(get_preset(args.preset), args.device, args.steps, args.out, args.workers))
+
+
+def cmd_pipeline(args) -> dict:
+    from hart_mini.pipeline import PipelineOptions, dry_run, run, table
+
+    opts = PipelineOptions(preset=args.preset, budget_minutes=args.budget_minutes, out=args.out, device=args.device,
+                           n_eval=args.n_eval, margin=args.margin, max_scale=args.max_scale, compile=args.compile,
+                           workers=args.workers, target=args.target, command=command_line())
+    if args.dry_run:
+        plan = dry_run(opts)
+        print(table(plan), file=sys.stderr)
+        return emit(plan)
+    results = run(opts)
+    shown = ("status", "elapsed_s", "failed", "skipped", "metrics", "files")
+    return emit({**{k: results[k] for k in shown if k in results}, "results": str(args.out / "results.json")})
+
+
+def cmd_ship_run(args) -> dict:
+    from hart_mini.export import ship_run
+    from hart_mini.pretrained import DATA
+
+    return emit(ship_run(args.folder, args.data or DATA))
 
 
 def cmd_ship(args) -> dict:
@@ -549,7 +580,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=count(3, " (the burst logs its speed every steps // 3 steps)"), default=30,
                    help="steps of the training burst")
     p.add_argument("--out", type=Path, default=Path("doctor_samples.png"), help="PNG of a few samples")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data processes for the burst (default: on CUDA one per core but one, at most 8)")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("pipeline", help="the whole course in one process and one time budget (see --help)",
+                       description="Train tokenizer, judge, HART, the diffusion baseline and (if it fits) the "
+                       "discrete-only model; evaluate, benchmark, draw samples and export fp16 weights, all inside "
+                       "--budget-minutes. Step counts are set from timing bursts; DIR/results.json is rewritten "
+                       "after every step.")
+    add_preset(p)
+    p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock budget of the whole run")
+    p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="folder for everything the run writes")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (stages, steps, batch, expected seconds on --target) without training")
+    p.add_argument("--target", choices=("h100", "h200"), default="h100", help="the GPU a dry run plans for")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--n-eval", type=int, default=None, help="samples per generator (default: gpu 2000, smoke 64)")
+    p.add_argument("--margin", type=float, default=0.1, help="share of the budget kept free (default 0.1)")
+    p.add_argument("--max-scale", type=float, default=2.0,
+                   help="at most this many times the preset's steps when the device is fast (default 2)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the repeated blocks (plans assume eager)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes drawing the data (default: one per core but one on CUDA, else 0)")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("ship-run", help="put a pipeline run's returned files into data/ and data/results/PRESET/")
+    p.add_argument("folder", type=Path, help="folder holding results.json and the exported .safetensors files")
+    p.add_argument("--data", type=Path, default=None, help="the data folder (default: the repository's data/)")
+    p.set_defaults(func=cmd_ship_run)
 
     p = sub.add_parser("ship", help="copy a trained model into data/ and record it in data/manifest.json")
     p.add_argument("kind", choices=("tokenizer", "hart", "judge", "diffusion"), help="what the file holds")

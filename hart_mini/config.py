@@ -169,6 +169,12 @@ class HeadConfig:
     batch_mul: int = 4  # noise draws per (target, condition) pair in the loss
     loss_weight: float = 1.0  # lambda: loss = CE + lambda * diffusion loss
     sampled_tokens: bool = True  # condition on r_K sampled from the model's own logits (HART); False: truth
+    # HART's token subsampling, training only: each step drops a share of the last scale's tokens from the
+    # sequence (their queries and keys, their CE and head terms). The share is drawn per step from a normal
+    # around 1 (std 0.25) truncated to [last_drop, 1], as in HART's code (mean 0.82 for last_drop = 0.5);
+    # at least last_keep tokens stay. 0 = off: every token trains.
+    last_drop: float = 0.0
+    last_keep: int = 32
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -184,6 +190,10 @@ class HeadConfig:
         require(self.prediction in ("v", "eps"), "prediction", self.prediction, "'v' or 'eps'")
         require(self.sampler in ("ddim", "ddpm"), "sampler", self.sampler, "'ddim' or 'ddpm'")
         require(self.loss_weight >= 0, "loss_weight", self.loss_weight, "a number >= 0")
+        require(0.0 <= self.last_drop < 1.0, "last_drop", self.last_drop, "a number in [0, 1) (0 = off)")
+        require(self.last_drop == 0 or self.mode in ("last", "off"), "last_drop", self.last_drop,
+                f"0 with mode={self.mode!r} (token subsampling is for the 'last' and 'off' modes)")
+        require(_is_int(self.last_keep) and self.last_keep >= 1, "last_keep", self.last_keep, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -286,19 +296,26 @@ def _build(name: str) -> Preset:
             baseline_train=TrainConfig(steps=5300, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250,
                                        ema=0.995, weight_decay=0.05),
         )
-    return Preset(  # one GPU: 64 px, VAR's 256-px scale schedule
-        name, data=DataConfig(image_size=64, train_size=200_000),
-        tokenizer=TokenizerConfig(image_size=64, channels=96, latent_channels=32, codebook_size=1024,
+    # One GPU: 64 px, VAR's 256-px scale schedule. Sized so that the whole pipeline (every model below, the
+    # evaluation on 2 000 prompts, the benchmark, the export) fits 8 minutes on one H100 and the fp16 weights
+    # of tokenizer, judge, HART and baseline fit 25 MB: notebooks/gpu_budget.md has the derivation, and
+    # `python -m hart_mini pipeline --preset gpu --dry-run` recomputes it from the FLOPs and bytes of every op.
+    return Preset(
+        name, data=DataConfig(image_size=64, train_size=100_000),
+        tokenizer=TokenizerConfig(image_size=64, channels=64, latent_channels=32, codebook_size=1024,
                                   scales=SCALES_64, phi_convs=4),
-        tokenizer_train=TrainConfig(steps=6000, batch_size=256, lr=2e-3, warmup_steps=200, checkpoint_every=500),
-        decoder_train=TrainConfig(steps=1500, batch_size=256, lr=5e-4, warmup_steps=50, checkpoint_every=500),
-        transformer=TransformerConfig(width=256, depth=8, num_heads=8, text_depth=2),
-        head=HeadConfig(width=192, depth=3, freq_dim=128),
-        hart_train=TrainConfig(steps=6000, batch_size=256, lr=1e-3, warmup_steps=200, checkpoint_every=500,
-                               ema=0.999, weight_decay=0.05),
-        judge_train=TrainConfig(steps=2000, batch_size=256, lr=2e-3, warmup_steps=50, checkpoint_every=500),
-        baseline_train=TrainConfig(steps=8000, batch_size=256, lr=1e-3, warmup_steps=200, checkpoint_every=500,
-                                   ema=0.999, weight_decay=0.05),
+        tokenizer_train=TrainConfig(steps=5000, batch_size=128, lr=2e-3, warmup_steps=150, checkpoint_every=1000,
+                                    log_every=50),
+        decoder_train=TrainConfig(steps=1200, batch_size=128, lr=5e-4, warmup_steps=50, checkpoint_every=600,
+                                  log_every=50),
+        transformer=TransformerConfig(width=192, depth=6, num_heads=6, mlp_ratio=3.0, text_depth=1),
+        head=HeadConfig(width=128, depth=3, freq_dim=64, last_drop=0.5),  # HART's token subsampling: -27 % time
+        hart_train=TrainConfig(steps=3600, batch_size=128, lr=1e-3, warmup_steps=150, checkpoint_every=1200,
+                               ema=0.997, weight_decay=0.05, log_every=50),
+        judge_train=TrainConfig(steps=2000, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=1000,
+                                log_every=50),
+        baseline_train=TrainConfig(steps=8000, batch_size=128, lr=1e-3, warmup_steps=150, checkpoint_every=2000,
+                                   ema=0.997, weight_decay=0.05, log_every=50),  # HART's seconds on an H100
         shipped="gpu",
     )
 

@@ -308,6 +308,68 @@ class ToyShapes(torch.utils.data.Dataset):
         return {"image": item["image"][0], "caption": item["caption"][0], "labels": item["labels"][0]}
 
 
+def _draw_chunk(job: tuple) -> tuple:
+    """Pool task: images lo..hi-1 of a split -> (uint8 pixels, captions, labels, token ids or None)."""
+    config, split, size, lo, hi, text = job
+    pixels, scenes = ToyShapes(config, split, size).images(range(lo, hi))
+    captions = [s.caption for s in scenes]
+    ids = text(captions)[0].numpy() if text is not None else None
+    return pixels, captions, np.stack([s.labels for s in scenes]), ids
+
+
+def draw_many(data: ToyShapes, n: int, workers: int = 0, chunk: int = 1000, text=None) -> dict:
+    """Images 0..n-1 of a split, drawn by `workers` processes (0: in this one): pixels (n, H, W, 3) uint8,
+    captions, labels (n, LABEL_DIM), and with a caption tokenizer `text` their token ids (n, T). The result
+    is the same for any number of workers: image i is a function of (seed, split, i) alone."""
+    import multiprocessing
+
+    from hart_mini.runtime import one_thread
+
+    require(isinstance(n, int) and 1 <= n <= len(data), "n", n, f"an integer in [1, {len(data)}]")
+    jobs = [(data.config, data.split, len(data), lo, min(lo + chunk, n), text) for lo in range(0, n, chunk)]
+    if workers <= 0 or len(jobs) == 1:
+        parts = [_draw_chunk(job) for job in jobs]
+    else:  # fork: the children start at once and share the parent's imports
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), initializer=one_thread) as pool:
+            parts = list(pool.imap(_draw_chunk, jobs))
+    out = {"pixels": np.concatenate([p[0] for p in parts]), "caption": [c for p in parts for c in p[1]],
+           "labels": np.concatenate([p[2] for p in parts])}
+    if text is not None:
+        out["ids"] = np.concatenate([p[3] for p in parts])
+    return out
+
+
+class Prerendered:
+    """A ToyShapes split drawn once into memory, on any device (a GPU holds 100 000 images of 64 px in
+    1.2 GB): `batch(indices)` is then an index, not a drawing, and a GPU never waits for NumPy.
+
+    Image i is image i of the split, bit for bit, so a trainer gets the same batches either way. With a
+    caption tokenizer `text`, batches also carry the captions' token ids and mask, on the device."""
+
+    def __init__(self, data: ToyShapes, n: int | None = None, workers: int = 0,
+                 device: str | torch.device = "cpu", text=None):
+        drawn = draw_many(data, len(data) if n is None else n, workers, text=text)
+        self.config, self.split = data.config, data.split
+        self.pixels = torch.from_numpy(drawn["pixels"]).to(device)  # (N, H, W, 3) uint8
+        self.captions = drawn["caption"]
+        self.labels = torch.from_numpy(drawn["labels"]).to(device)  # (N, LABEL_DIM)
+        self.ids = torch.from_numpy(drawn["ids"]).to(device) if text is not None else None  # (N, T)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def batch(self, indices) -> dict:
+        """Like ToyShapes.batch: image (B, 3, H, W) in [-1, 1], caption, labels; plus ids and mask (B, T)."""
+        idx = torch.as_tensor(np.asarray(list(indices) if isinstance(indices, range) else indices), dtype=torch.long)
+        on = idx.to(self.pixels.device, non_blocking=True)
+        out = {"image": self.pixels[on].permute(0, 3, 1, 2).float().div(127.5).sub(1.0),  # as uint8_to_tensor
+               "caption": [self.captions[i] for i in idx.tolist()], "labels": self.labels[on]}
+        if self.ids is not None:
+            out["ids"] = self.ids[on]
+            out["mask"] = out["ids"] != 0
+        return out
+
+
 def uint8_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

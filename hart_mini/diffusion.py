@@ -35,10 +35,13 @@ class CosineSchedule:
         betas = [min(1 - a / p, 0.999) for a, p in zip(abar, [1.0, *abar[:-1]])]
         self.steps = steps
         self.abar = torch.cumprod(1 - torch.tensor(betas, dtype=torch.float64), 0)  # (T,) float64
+        self._on = {}  # device -> abar there: copied once, not in every step (a copy to a GPU waits for it)
 
     def at(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """abar_t for a batch of step indices t (N,), shaped to broadcast against `like` (N, ...)."""
-        a = self.abar.to(like.device)[t].to(like.dtype)
+        if like.device not in self._on:
+            self._on[like.device] = self.abar.to(like.device)
+        a = self._on[like.device][t].to(like.dtype)
         return a.view(-1, *([1] * (like.ndim - 1)))
 
     def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """`python -m hart_mini doctor`: check a machine for the course in under two minutes.
 
 It reports the device, bf16 and TF32 support, which scaled_dot_product_attention kernels accept our
-block-causal (boolean) mask and which one runs, a short training burst of HART at the size of the preset
-(images/s, tokens/s and, on CUDA, MFU), and it writes a few samples. Everything is printed as JSON.
+block-causal (boolean) mask and which one torch picks for it, a short training burst of HART at the size of
+the preset (images/s, tokens/s and, on CUDA, MFU; batches drawn by data workers, as in training), and it
+writes a few samples. Everything is printed as JSON.
 """
 
 from __future__ import annotations
@@ -34,21 +35,31 @@ def sdpa_kernels(device: torch.device) -> dict:
             usable[backend.name] = True
         except RuntimeError:
             usable[backend.name] = False
-    in_use = next((name for name, ok in usable.items() if ok), None)
-    return {"usable_with_block_causal_mask": usable, "first_usable (what runs by default)": in_use}
+    # What runs by default is torch's own choice, in its own priority order (not the order above):
+    # _fused_sdp_choice answers it for these very inputs.
+    in_use = SDPBackend(torch._fused_sdp_choice(q, k, v, mask)).name
+    return {"usable_with_block_causal_mask": usable, "chosen_by_torch": in_use}
 
 
-def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path = "doctor_samples.png") -> dict:
+def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path = "doctor_samples.png",
+           workers: int | None = None) -> dict:
+    """workers: data processes for the burst (default: on CUDA, one per core but one, at most 8; else 0)."""
+    import os
+
     from hart_mini import pretrained, viz
+    from hart_mini.config import require
     from hart_mini.data import ToyShapes
     from hart_mini.hart import HART
     from hart_mini.runtime import autocast_dtype, describe_device, enable_tf32, peak_tflops, pick_device
     from hart_mini.text import CaptionTokenizer
     from hart_mini.tokenizer import HybridTokenizer
-    from hart_mini.train import RunOptions, fit, toyshapes_batches
+    from hart_mini.train import RunOptions, captions_of, fit, toyshapes_batches
 
+    require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
     device = pick_device(device_name)
     enable_tf32(device)
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
     report = {"device": describe_device(device), "torch": torch.__version__,
               "bf16": device.type == "cuda" and torch.cuda.is_bf16_supported(),
               "autocast": str(autocast_dtype(device)), "tf32": device.type == "cuda",
@@ -59,15 +70,16 @@ def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path =
                  preset.head).to(device)
     data = ToyShapes(preset.data)
     model.measure_residual_scale(data.batch(range(64))["image"].to(device))
-    cfg = preset.hart_train.__class__(**{**preset.hart_train.__dict__, "steps": steps, "log_every": steps // 3,
-                                         "checkpoint_every": steps, "ema": 0.0, "warmup_steps": 1})
-    loss = lambda batch: model.loss(batch["image"].to(device, non_blocking=True), batch["caption"])
+    cfg = preset.hart_train.__class__(**{**preset.hart_train.__dict__, "steps": steps,
+                                         "log_every": max(1, steps // 3), "checkpoint_every": steps, "ema": 0.0,
+                                         "warmup_steps": 1})
+    loss = lambda batch: model.loss(batch["image"].to(device, non_blocking=True), captions_of(batch, device))
     start = time.perf_counter()
-    result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg), loss, cfg, tempfile.mkdtemp(),
-                 {}, RunOptions(device=str(device)), desc="doctor",
+    result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss, cfg,
+                 tempfile.mkdtemp(), {}, RunOptions(device=str(device), workers=workers), desc="doctor",
                  tokens_per_sample=preset.transformer.text_len + preset.tokenizer.num_tokens - 1)
     last = result["history"][-1]
-    report["training_burst"] = {"preset": preset.name, "steps": steps, "batch": cfg.batch_size,
+    report["training_burst"] = {"preset": preset.name, "steps": steps, "batch": cfg.batch_size, "workers": workers,
                                 "seconds": round(time.perf_counter() - start, 1),
                                 **{k: last[k] for k in ("images_per_s", "tokens_per_s", "mfu", "data_wait_share")
                                    if k in last}}

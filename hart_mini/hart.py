@@ -83,6 +83,15 @@ def guide(logits: torch.Tensor, k: int, K: int, cfg_scale: float) -> torch.Tenso
     return (1 + t) * cond - t * uncond
 
 
+def last_kept_count(cfg: HeadConfig, n: int, u: torch.Tensor) -> int:
+    """How many of the last scale's n tokens a training step keeps, for a uniform draw u in [0, 1): the
+    dropped share ~ N(1, 0.25) truncated to [last_drop, 1] (the inverse CDF of u between the bounds), as in
+    HART's code; at least last_keep tokens stay. (For last_drop = 0.5 and n = 256: 51 on average.)"""
+    low = torch.special.ndtr(torch.tensor((cfg.last_drop - 1) / 0.25))  # the CDF at the lower bound
+    share = 1 + 0.25 * torch.special.ndtri(low + (0.5 - low) * u)
+    return min(n, max(cfg.last_keep, round(n * (1 - float(share)))))
+
+
 def tokens_to_map(x: torch.Tensor, pn: int) -> torch.Tensor:
     """(B, pn*pn, C) -> (B, C, pn, pn)."""
     return x.transpose(1, 2).reshape(x.shape[0], -1, pn, pn)
@@ -139,10 +148,11 @@ class HART(nn.Module):
         out["head_share_of_transformer"] = round(out["head"] / out["transformer"], 4)
         return out
 
-    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(self, captions: list[str] | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions, or captions already tokenized as (ids, mask) by the data pipeline -> ids, mask (B, T)."""
         device = self.tokenizer.quantizer.codebook.weight.device
-        ids, mask = self.text_tokenizer(captions)
-        return ids.to(device), mask.to(device)
+        ids, mask = captions if isinstance(captions, tuple) else self.text_tokenizer(captions)
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
     # --- what the head is trained on ---
 
@@ -153,10 +163,10 @@ class HART(nn.Module):
         e = self.tokenizer.quantizer.codebook(idx)  # (B, n, C)
         return self.cond_norm(h + self.transformer.word_embed(e))
 
-    def _targets(self, images: torch.Tensor):
+    def _targets(self, images: torch.Tensor, check_values: bool = True):
         """Tokens, teacher-forcing inputs and the continuous targets (before choosing r) for each mode."""
         q = self.tokenizer.quantizer
-        f = self.tokenizer.encode(images)
+        f = self.tokenizer.encode(images, check_values)
         if self.mode == "early":
             indices, corrections = q.quantize_continuous(f)
             inputs = q.teacher_forcing_inputs(indices, corrections)
@@ -186,33 +196,52 @@ class HART(nn.Module):
 
     # --- training ---
 
-    def loss(self, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict]:
-        """CE over the image tokens + lambda * diffusion loss of the head (if any)."""
+    def kept_last_tokens(self, device: torch.device) -> torch.Tensor | None:
+        """HART's token subsampling: the sorted indices of the last scale's tokens that train this step, or
+        None (all of them); see last_kept_count."""
+        if self.head_cfg.last_drop == 0 or not self.training:
+            return None
+        n = self.scales[-1] ** 2
+        kept = last_kept_count(self.head_cfg, n, torch.rand(()))  # drawn on the CPU: no GPU sync
+        return torch.randperm(n, device=device)[:kept].sort().values  # (kept,)
+
+    def loss(self, images: torch.Tensor, captions: list[str] | tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict]:
+        """CE over the image tokens + lambda * diffusion loss of the head (if any). The logs are detached
+        tensors: reading them back would stall a GPU, so the trainer does it only when it logs."""
         with torch.no_grad():
-            indices, inputs, exact = self._targets(images)
+            indices, inputs, exact = self._targets(images, check_values=False)
         ids, mask = self.encode_text(captions)
-        drop = caption_dropout(len(captions), self.cfg.cond_dropout, ids.device)
-        logits, h = self.transformer(ids, mask, inputs, drop)  # (B, L, V), (B, L, D)
+        drop = caption_dropout(ids.shape[0], self.cfg.cond_dropout, ids.device)
+        keep = self.kept_last_tokens(ids.device)
+        logits, h = self.transformer(ids, mask, inputs, drop, keep)  # (B, L, V), (B, L, D); L shorter with keep
         targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
         last = self.transformer.starts[-2]  # first token of the last scale
+        weights = self.token_weights  # (L,) the CE weight of each token
+        if keep is not None:  # only the kept last-scale tokens are scored
+            targets = torch.cat([targets[:, :last], targets[:, last:][:, keep]], dim=1)
+            weights = torch.cat([weights[:last], weights[last:][keep]])
+            exact = exact[:, keep] if self.mode == "last" else exact
         scored = slice(0, last) if self.mode == "full" else slice(None)  # MAR-style: no tokens at the last scale
         ce = F.cross_entropy(logits[:, scored].float().transpose(1, 2), targets[:, scored], reduction="none")  # (B, n)
-        ce = (ce * self.token_weights[scored]).mean() / self.token_weights[scored].mean()
-        logs = {"ce": ce.item(), "token_acc": (logits.argmax(-1) == targets).float().mean().item()}
-        if self.mode == "off" or not torch.isfinite(ce):  # NaN logits: no tokens to sample; the trainer stops
+        ce = (ce * weights[scored]).mean() / weights[scored].mean()
+        logs = {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
+        if self.mode == "off":
             return ce, logs
         h_head = h if self.mode == "early" else h[:, last:]
         truth = targets if self.mode == "early" else targets[:, last:]
         if self.mode == "full":
             z, target = self.condition(h_head, None), exact
         else:
-            with torch.no_grad():
-                chosen = sample(logits[:, -truth.shape[1]:], 0, 1.0, None) if self.head_cfg.sampled_tokens else truth
+            with torch.no_grad():  # NaN logits (a diverged run) become finite here, so that sampling does not
+                # raise before the trainer sees the NaN loss and stops with its own message
+                drawn = torch.nan_to_num(logits[:, -truth.shape[1]:].detach().float(), nan=0.0)
+                chosen = sample(drawn, 0, 1.0, None) if self.head_cfg.sampled_tokens else truth
             z = self.condition(h_head, chosen)
             target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
         diff = diffusion_loss(self.head, (target / self.residual_scale).flatten(0, 1), z.flatten(0, 1),
                               self.schedule, self.head_cfg.prediction, self.head_cfg.batch_mul)
-        logs["diff"] = diff.item()
+        logs["diff"] = diff.detach()
         return ce + self.head_cfg.loss_weight * diff, logs
 
     # --- sampling ---

@@ -27,15 +27,16 @@ ATTRIBUTES = ("shape", "colour", "size", "texture")
 
 def cell_targets(labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Data labels (B, 11) -> per-cell targets (B, 9) per head; -100 (ignored) where a cell is empty."""
-    B = labels.shape[0]
-    out = {"shape": torch.full((B, 9), NONE, dtype=torch.long)}
-    out.update({k: torch.full((B, 9), -100, dtype=torch.long) for k in ("colour", "size", "texture")})
-    for slot in range(2):
+    B, device = labels.shape[0], labels.device
+    out = {"shape": torch.full((B, 9), NONE, dtype=torch.long, device=device)}
+    out.update({k: torch.full((B, 9), -100, dtype=torch.long, device=device) for k in ("colour", "size", "texture")})
+    for slot in range(2):  # scatter, not boolean indexing: no read-back of how many objects there are
         obj = labels[:, slot * 5:(slot + 1) * 5]
-        present = obj[:, 0] >= 0
-        rows, cells = present.nonzero().flatten(), obj[present, 4]
+        present = obj[:, 0] >= 0  # (B,)
+        cell = obj[:, 4:5].clamp_min(0)  # (B, 1); an absent object writes back what its cell already holds
         for i, name in enumerate(ATTRIBUTES):
-            out[name][rows, cells] = obj[present, i]
+            value = torch.where(present[:, None], obj[:, i:i + 1], out[name].gather(1, cell))
+            out[name].scatter_(1, cell, value)
     return out
 
 
@@ -67,9 +68,9 @@ class Judge(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits, _ = self(images)
-        targets = {k: v.to(images.device) for k, v in cell_targets(labels).items()}
+        targets = {k: v.to(images.device, non_blocking=True) for k, v in cell_targets(labels).items()}
         losses = {k: F.cross_entropy(logits[k].flatten(0, 1), targets[k].flatten(), ignore_index=-100) for k in HEADS}
-        return sum(losses.values()), {k: v.item() for k, v in losses.items()}
+        return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -69,6 +69,29 @@ def enable_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def one_thread(_worker: int = 0) -> None:
+    """For data worker processes (a DataLoader's worker_init_fn, a Pool's initializer): one torch thread and,
+    where threadpoolctl is installed, one BLAS thread each. N workers that each start a thread per core
+    would fight over the cores."""
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
+def inference_autocast(device: torch.device):
+    """The precision to sample in: bf16 autocast on CUDA (with TF32 for what stays fp32), fp32 elsewhere.
+    Training already runs this way; evaluation and benchmarks should too, or they time the slow path."""
+    import contextlib
+
+    enable_tf32(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def describe_device(device: torch.device) -> str:
     """One human line: which device, and its name where torch knows it."""
     if device.type == "cuda":

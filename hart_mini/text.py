@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -104,10 +105,11 @@ class CaptionTokenizer:
         """Captions -> ids (B, T) left-padded with 0, and mask (B, T), True on real tokens."""
         if isinstance(captions, str):
             captions = [captions]
-        ids = torch.zeros(len(captions), self.max_len, dtype=torch.long)
+        ids = np.zeros((len(captions), self.max_len), dtype=np.int64)  # filled in NumPy: no torch op per caption
         for b, caption in enumerate(captions):
             tokens = self.encode(caption)
-            ids[b, self.max_len - len(tokens):] = torch.tensor(tokens)
+            ids[b, self.max_len - len(tokens):] = tokens
+        ids = torch.from_numpy(ids)
         return ids, ids != 0
 
     def decode(self, ids: torch.Tensor) -> str:

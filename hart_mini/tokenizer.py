@@ -127,11 +127,16 @@ class MultiScaleQuantizer(nn.Module):
         return self.phis[min(int(depth * len(self.phis)), len(self.phis) - 1)]
 
     def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code (L2) for each vector of x (B, C, p, p) -> (B, p, p)."""
+        """Index of the nearest code (L2) for each vector of x (B, C, p, p) -> (B, p, p).
+
+        Always in fp32, also under bf16 autocast: the distance is a difference of large terms, and bf16's
+        8-bit mantissa would pick another code for a few % (coarse scales) to ~20 % (fine scales) of tokens.
+        """
         B, C, p, _ = x.shape
-        v = x.permute(0, 2, 3, 1).reshape(-1, C)  # (B*p*p, C)
-        e = self.codebook.weight  # (V, C)
-        dist = v.pow(2).sum(1, keepdim=True) - 2 * v @ e.t() + e.pow(2).sum(1)[None]  # ||v - e||^2, (N, V)
+        with torch.autocast(x.device.type, enabled=False):
+            v = x.float().permute(0, 2, 3, 1).reshape(-1, C)  # (B*p*p, C)
+            e = self.codebook.weight.float()  # (V, C)
+            dist = v.pow(2).sum(1, keepdim=True) - 2 * v @ e.t() + e.pow(2).sum(1)[None]  # ||v - e||^2, (N, V)
         return dist.argmin(1).view(B, p, p)
 
     def lift(self, z: torch.Tensor, k: int) -> torch.Tensor:
@@ -154,7 +159,13 @@ class MultiScaleQuantizer(nn.Module):
 
         vq_loss is VAR's, averaged over scales: ||f_hat_k - sg(f)||^2 + beta ||sg(f_hat_k) - f||^2.
         rests are the vectors each scale quantized (detached): samples for dead-code restarts.
+        Runs in fp32 whatever the autocast: each scale subtracts from the rest, and the finest scales'
+        rests are a tenth of f, below bf16's resolution of f.
         """
+        with torch.autocast(f.device.type, enabled=False):
+            return self._quantize(f.float())
+
+    def _quantize(self, f: torch.Tensor):
         rest, f_hat = f.detach(), torch.zeros_like(f)
         indices, rests, vq_loss = [], [], f.new_zeros(())
         for k, pn in enumerate(self.scales):
@@ -203,10 +214,17 @@ class MultiScaleQuantizer(nn.Module):
             inputs.append(self.next_input(f_hat, k).flatten(2).transpose(1, 2))  # (B, pn_{k+1}^2, C)
         return torch.cat(inputs, dim=1)
 
+    def counts(self, indices: list[torch.Tensor]) -> torch.Tensor:
+        """How often each code appears in indices, (V,) float. A scatter, not torch.bincount: on a GPU,
+        bincount reads the largest index back to the host, a sync in every training step."""
+        flat = torch.cat([i.flatten() for i in indices])
+        return torch.zeros(self.cfg.codebook_size, device=flat.device).index_add_(0, flat, torch.ones_like(
+            flat, dtype=torch.float32))
+
     @torch.no_grad()
     def _track_usage(self, indices: list[torch.Tensor]) -> None:
-        counts = torch.bincount(torch.cat([i.flatten() for i in indices]), minlength=self.cfg.codebook_size)
-        self.usage.mul_(0.99).add_(0.01 * counts.float() / counts.sum())
+        counts = self.counts(indices)
+        self.usage.mul_(0.99).add_(0.01 * counts / counts.sum())
 
     @torch.no_grad()
     def restart_dead_codes(self, rests: list[torch.Tensor]) -> int:
@@ -267,8 +285,9 @@ class HybridTokenizer(nn.Module):
             raise ValueError(f"{str(tok_path)!r} is not the tokenizer {str(path)!r} was trained with (sha256 differs)")
         return cls.from_file(tok_path)
 
-    def check_images(self, x: torch.Tensor) -> None:
-        """Refuse inputs that are not (B, 3, H, W) float images in [-1, 1] at this tokenizer's size."""
+    def check_images(self, x: torch.Tensor, values: bool = True) -> None:
+        """Refuse inputs that are not (B, 3, H, W) float images in [-1, 1] at this tokenizer's size
+        (values=False: shape and dtype only, nothing read back from the device)."""
         S = self.cfg.image_size
         if not torch.is_tensor(x) or x.ndim != 4:
             raise ValueError(f"images must be a (B, 3, {S}, {S}) tensor, got {getattr(x, 'shape', type(x))}")
@@ -281,19 +300,28 @@ class HybridTokenizer(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"images must be float in [-1, 1], got dtype {x.dtype}; "
                              "uint8 pixels: use hart_mini.data.uint8_to_tensor")
+        if not values:
+            return
         lo, hi = float(x.min()), float(x.max())
         if lo < -1.001 or hi > 1.001:
             raise ValueError(f"image values span [{lo:.3g}, {hi:.3g}] but must lie in [-1, 1]; "
                              "pixels in [0, 1] become x * 2 - 1, pixels in [0, 255] become x / 127.5 - 1")
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> f (B, C, h, w)."""
-        self.check_images(x)
-        return self.encoder(x)
+    def encode(self, x: torch.Tensor, check_values: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> f (B, C, h, w). check_values=False skips the range check, which reads
+        two numbers back from a GPU (training losses skip it: the data pipeline draws valid images).
 
-    def tokenize(self, x: torch.Tensor) -> Tokens:
+        Only stage (a), which trains the encoder, runs it in the caller's precision (bf16 autocast on a GPU).
+        A frozen encoder runs in fp32: f and its residual are the targets of everything trained later."""
+        self.check_images(x, check_values)
+        if self.training and torch.is_grad_enabled():
+            return self.encoder(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.encoder(x.float())
+
+    def tokenize(self, x: torch.Tensor, check_values: bool = True) -> Tokens:
         """Images -> per-scale indices, f, f_hat and residual = f - f_hat."""
-        f = self.encode(x)
+        f = self.encode(x, check_values)
         indices, f_hat, _, _ = self.quantizer.quantize(f)
         return Tokens(f=f, indices=indices, f_hat=f_hat, residual=f - f_hat)
 
@@ -318,7 +346,7 @@ class HybridTokenizer(nn.Module):
         With p_continuous_a > 0, that share of the images decodes from f instead of f_hat. The vectors each
         scale quantized are kept in quantizer.recent: the trainer restarts dead codes onto them.
         """
-        f = self.encode(x)
+        f = self.encode(x, check_values=False)
         indices, f_hat, vq_loss, rests = self.quantizer.quantize(f)
         f_st = f + (f_hat - f).detach()  # straight-through: the forward pass sees f_hat, gradients go to f
         if self.cfg.p_continuous_a > 0:  # some images decode from f itself, so f learns to keep fine detail
@@ -326,11 +354,11 @@ class HybridTokenizer(nn.Module):
             f_st = torch.where(continuous, f, f_st)
         recon = F.mse_loss(self.decoder(f_st), x)
         self.quantizer.recent = rests  # the pool for the trainer's next dead-code restart
-        counts = torch.bincount(torch.cat([i.flatten() for i in indices]), minlength=self.cfg.codebook_size)
-        p = counts.float() / counts.sum()
-        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
-        logs = {"recon": recon.item(), "vq": vq_loss.item(), "perplexity": perplexity.item(),
-                "used": int((counts > 0).sum())}
+        counts = self.quantizer.counts(indices)
+        p = counts / counts.sum()
+        perplexity = torch.exp(-torch.special.xlogy(p, p).sum())  # xlogy: 0 log 0 = 0, without selecting p > 0
+        logs = {"recon": recon.detach(), "vq": vq_loss.detach(), "perplexity": perplexity.detach(),
+                "used": (counts > 0).sum()}
         return recon + vq_loss, logs
 
     def stage_a_parameters(self) -> list[nn.Parameter]:
@@ -355,7 +383,7 @@ class HybridTokenizer(nn.Module):
         'continuous': the decoder sees only f (the ablation whose discrete path decodes badly).
         """
         with torch.no_grad():
-            t = self.tokenize(x)
+            t = self.tokenize(x, check_values=False)
         mode = self.cfg.decoder_mode
         if mode == "alternating":
             discrete = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.cfg.p_discrete
@@ -364,4 +392,4 @@ class HybridTokenizer(nn.Module):
             loss = F.mse_loss(self.decoder(t.f), x) + F.mse_loss(self.decoder_discrete(t.f_hat), x)
         else:
             loss = F.mse_loss(self.decoder(t.f), x)
-        return loss, {"recon": loss.item()}
+        return loss, {"recon": loss.detach()}

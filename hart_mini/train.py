@@ -71,26 +71,34 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state, for sampling.
+    """Exponential moving average of the trained parameters, for sampling (frozen parts are left out).
 
     decay_t = min(decay, (1 + t) / (10 + t)): early on the average follows the weights closely, so even a
     short run's EMA is useful (HART_NOTES pitfall: a 0.9999 EMA makes early checkpoints useless).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, params: list[torch.nn.Parameter] | None = None):
+        trained = {id(p) for p in (params if params is not None else model.parameters())}
         self.decay = decay
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.params = {k: p for k, p in model.named_parameters() if id(p) in trained}  # name -> the live tensor
+        self.state = {k: p.detach().clone() for k, p in self.params.items()}
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
+    def update(self, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if k in self.state:
-                self.state[k].lerp_(v.detach(), 1 - d)
+        names = list(self.params)
+        # one fused kernel over all tensors: state += (1 - d) (param - state)
+        torch._foreach_lerp_([self.state[k] for k in names], [self.params[k].detach() for k in names], 1 - d)
 
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Take a saved average (from a checkpoint); entries for tensors this EMA does not track are ignored."""
+        self.state.update({k: v.to(self.state[k].device, self.state[k].dtype) for k, v in state.items()
+                           if k in self.state})
+
+    @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
-        own = model.state_dict()
-        model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in self.state.items()}})
+        for k, p in self.params.items():
+            p.copy_(self.state[k])
 
 
 class StepStream(torch.utils.data.IterableDataset):
@@ -131,36 +139,106 @@ def _save(out: Path, model, optimizer, ema: EMA | None, step: int, meta: dict, h
     checkpoint.write_json(out / "history.json", history)
 
 
-def _flops_per_step(loss_module, batch: dict, n_micro: int) -> float:
-    """FLOPs of one micro-batch's forward and backward, times the micro-batches of a step (all processes).
-    Measured on a copy, so that losses which change their model (dead-code restarts) leave it alone."""
-    import copy
+def micro_slice(batch: dict, n: int) -> dict:
+    """The first n samples of a batch: tensors and lists are cut, other entries (step, micro) kept."""
+    return {k: v[:n] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
 
-    from torch.utils.flop_counter import FlopCounterMode
 
-    probe = copy.deepcopy(loss_module)
-    with FlopCounterMode(display=False) as counter:
-        loss, _ = probe(batch)
+def flops_per_step(loss_module: torch.nn.Module, batch: dict, batch_size: int, amp: torch.dtype | None,
+                   probe: int = 2) -> float:
+    """FLOPs of one step (forward + backward of batch_size samples), counted on `probe` samples and scaled:
+    every FLOP of these models is per sample. It runs on clones of the weights and buffers
+    (torch.func.functional_call) and restores the random state, so the model, its buffers (the codebook's
+    usage) and the runs that follow are exactly as if it never ran (exact resume holds)."""
+    from hart_mini.budget import count_ops
+
+    device = next(loss_module.parameters()).device
+    small = micro_slice(batch, probe)
+    n = next(len(v) for v in small.values() if isinstance(v, (torch.Tensor, list)))
+    state = {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in loss_module.named_parameters()}
+    state.update({k: v.clone() for k, v in loss_module.named_buffers()})
+
+    def step():
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss, _ = torch.func.functional_call(loss_module, state, (small,))
         loss.backward()
-    return counter.get_total_flops() * n_micro
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        flops = sum(op.flops for op in count_ops(step))
+    return flops * batch_size / n
+
+
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> list[torch.nn.Module]:
+    """torch.compile every repeated block of the model in place (regional compilation): one compiled graph
+    serves every block of a class, so it compiles in seconds, and a block sees tensors only (captions were
+    tokenized before, strings never reach it), so it does not recompile from step to step. Returns the
+    compiled modules, for uncompile."""
+    from hart_mini import diffusion, tokenizer, transformer
+
+    blocks = (transformer.Block, tokenizer.ResBlock, diffusion.ResBlock)
+    compiled = [m for m in model.modules() if isinstance(m, blocks)]
+    for m in compiled:
+        m.forward = torch.compile(m.forward, backend=backend)  # an instance attribute over the class's forward
+    return compiled
+
+
+def uncompile(modules: list[torch.nn.Module]) -> None:
+    """Back to eager for sampling, whose shapes change every scale."""
+    for m in modules:
+        del m.forward
+
+
+def _read_logs(loss: torch.Tensor, logs: dict) -> dict:
+    """One read-back of the step's loss and logs (device tensors or numbers) as floats."""
+    names = [k for k, v in logs.items() if torch.is_tensor(v)]
+    values = torch.stack([loss.detach().float()] + [logs[k].detach().float().reshape(()) for k in names]).tolist()
+    plain = {k: v for k, v in logs.items() if not torch.is_tensor(v)}
+    return {"loss": values[0], **plain, **dict(zip(names, values[1:]))}
+
+
+class FiniteCheck:
+    """Watches every loss for NaN or inf on the device, without reading it back each step: the first bad
+    step and its loss are kept in device tensors and looked at only when `check` is called."""
+
+    def __init__(self, device: torch.device):
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss.detach()) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, loss.detach().float(), self.value)
+
+    def check(self, desc: str, bar=None) -> None:
+        """Raise if a loss so far was not finite (closing the progress bar first, so the error gets its line)."""
+        step, value = self.step.item(), self.value.item()
+        if step >= 0:
+            if bar is not None:
+                bar.close()
+            raise FloatingPointError(f"{desc}: the loss is {value} at step {step}; lower the learning rate")
 
 
 def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Callable[[int, int, int], dict],
         loss_fn: Callable[[dict], tuple[torch.Tensor, dict]], cfg: TrainConfig, out: str | Path, meta: dict,
-        run: RunOptions | None = None, on_checkpoint: Callable[[int], None] | None = None, desc: str = "train",
+        run: RunOptions | None = None, on_checkpoint: Callable[[int, list], None] | None = None, desc: str = "train",
         tokens_per_sample: int = 0, deadline: float | None = None,
         on_step_end: Callable[[int], None] | None = None) -> dict:
     """Train `params` of `model` (already on its device) for cfg.steps steps.
 
-    batch_fn(step, micro, n_micro): micro-batch `micro` of `n_micro` of the step's global batch (CPU tensors).
-    loss_fn(batch) -> (loss, logs), on the model's device. meta: JSON-able description of what is trained; a
-    resumed run must match it. deadline: a time.perf_counter() value (from run.max_minutes by default).
-    on_step_end(step): runs after each optimizer step, in every process (e.g. dead-code restarts).
+    batch_fn(step, micro, n_micro): micro-batch `micro` of `n_micro` of the step's global batch (CPU tensors,
+    or tensors already on the device). loss_fn(batch) -> (loss, logs), on the model's device; logs may be
+    device tensors. meta: JSON-able description of what is trained; a resumed run must match it. deadline: a
+    time.perf_counter() value (from run.max_minutes by default). on_checkpoint(step, history) runs after each
+    checkpoint (figures); on_step_end(step) after each optimizer step, in every process (dead-code restarts).
     Returns {'step', 'seconds', 'history', 'finished'}; 'finished' is False when the deadline stopped it.
+
+    Nothing in a step reads a number back from the GPU: the loss, the logs and the NaN check stay on the
+    device and are read once every log_every steps, so the host queues the next step while the GPU works.
     """
     import torch.distributed as dist
 
-    from hart_mini.runtime import autocast_dtype, peak_tflops, world
+    from hart_mini.runtime import autocast_dtype, one_thread, peak_tflops, world
 
     run = run or RunOptions()
     out, device = Path(out), next(model.parameters()).device
@@ -174,7 +252,7 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
     meta = json.loads(json.dumps({**meta, "train": dataclasses.asdict(cfg)}))  # as it reads back (tuples -> lists)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=fused)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    ema = EMA(model, cfg.ema, params) if cfg.ema > 0 else None
     step, history, seconds = 0, [], 0.0
     if (out / CHECKPOINT).exists():
         if not run.resume:
@@ -185,21 +263,22 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
         checkpoint.load_module(model, checkpoint.sub_state(tensors, "model"), str(out / CHECKPOINT))
         checkpoint.optimizer_from_tensors(optimizer, {k: v.to(device) for k, v in tensors.items()}, saved["optim"])
         if ema is not None:
-            ema.state = {k: v.to(device) for k, v in checkpoint.sub_state(tensors, "ema").items()}
+            ema.load(checkpoint.sub_state(tensors, "ema"))
         step, history, seconds = saved["step"], saved["history"], saved["seconds"]
 
     loss_module = LossModule(model, loss_fn)
     runner = loss_module
     if size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids=[device.index] if fused else None)
-    if run.compile:
-        runner = torch.compile(runner)
+    compiled = compile_blocks(model) if run.compile else []
     micro = range(rank * run.grad_accum, (rank + 1) * run.grad_accum)  # this process's share of the global batch
     stream = StepStream(batch_fn, step, cfg.steps, micro, n_micro)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=run.workers,
-                                         pin_memory=device.type == "cuda", prefetch_factor=4 if run.workers else None)
+                                         pin_memory=fused and run.workers > 0, worker_init_fn=one_thread,
+                                         prefetch_factor=4 if run.workers else None)
     peak = run.peak_tflops or peak_tflops(device)
-    flops = None  # per step, measured once on the first micro-batch
+    flops = None  # per step, counted once on a small slice of the first micro-batch
+    finite = FiniteCheck(device)
 
     model.train()
     start = time.perf_counter()
@@ -211,10 +290,8 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
         got, micro_batches = next(batches)
         waited += time.perf_counter() - wait
         assert got == step, f"the data stream is at step {got}, training at {step}"
-        if flops is None and peak is not None and rank == 0 and device.type == "cuda":
-            torch.manual_seed(0)
-            flops = _flops_per_step(loss_module, micro_batches[0], n_micro)
-            optimizer.zero_grad(set_to_none=True)
+        if flops is None and peak is not None and rank == 0:
+            flops = flops_per_step(loss_module, micro_batches[0], cfg.batch_size, amp)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
@@ -224,21 +301,20 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
             with (runner.no_sync() if not sync and size > 1 else torch.enable_grad()):
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss, logs = runner(batch)
-                if not torch.isfinite(loss):  # stop before the step: the last checkpoint keeps the last good weights
-                    bar.close()  # so that the error starts its own line
-                    raise FloatingPointError(f"{desc}: the loss is {loss.item()} at step {step}; "
-                                             "lower the learning rate")
+                finite.watch(loss, step)
                 (loss / len(micro_batches)).backward()
         if cfg.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         if on_step_end is not None:
             on_step_end(step)
         if ema is not None:
-            ema.update(model, step)
+            ema.update(step)
         step += 1
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        logged = step % cfg.log_every == 0 or step == cfg.steps
+        if logged:
+            finite.check(desc, bar)
             now = time.perf_counter()
             steps_per_s = (step % cfg.log_every or cfg.log_every) / max(now - window, 1e-9)
             speed = {"images_per_s": round(steps_per_s * cfg.batch_size, 2),
@@ -246,27 +322,33 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
                      "data_wait_share": round(waited / max(now - window, 1e-9), 3)}
             if flops is not None:
                 speed["mfu"] = round(flops * steps_per_s / (peak * 1e12 * size), 4)
-            history.append({"step": step, "loss": loss.item(), "lr": lr_at(step - 1, cfg),
-                            "seconds": round(seconds + now - start, 2), **logs, **speed})
+            history.append({"step": step, **_read_logs(loss, logs), "lr": lr_at(step - 1, cfg),
+                            "seconds": round(seconds + now - start, 2), **speed})
             bar.set_postfix({k: f"{v:.4g}" for k, v in history[-1].items()
                              if k in ("loss", "recon", "ce", "diff", "images_per_s", "mfu")})
             window, waited = now, 0.0
         out_of_time = deadline is not None and time.perf_counter() > deadline
-        if size > 1:  # every process stops at the same step
+        if size > 1 and logged:  # every process stops at the same (logged) step; a collective only then
             flag = torch.tensor(float(out_of_time), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
+        elif size > 1:
+            out_of_time = False
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            finite.check(desc, bar)
             if rank == 0:
                 _save(out, model, optimizer, ema, step, meta, history, seconds + time.perf_counter() - start)
-                if on_checkpoint is not None:
-                    on_checkpoint(step)
+                if on_checkpoint is not None:  # figures sample with other shapes: in eager mode
+                    uncompile(compiled)
+                    on_checkpoint(step, history)
+                    compiled = compile_blocks(model) if run.compile else []
             if size > 1:
                 dist.barrier()
         if out_of_time and step < cfg.steps:
             finished = False
             break
     bar.close()
+    uncompile(compiled)
     if ema is not None:
         ema.copy_to(model)  # the caller saves and samples with the averaged weights
     model.eval()
@@ -295,14 +377,33 @@ def _loss_figure(history: list[dict], keys: tuple[str, ...], path: Path) -> None
     viz.save(viz.plot_curves({k: v for k, v in curves.items() if v[0]}, xlabel="step", logy=True), path)
 
 
-def toyshapes_batches(data, cfg: TrainConfig) -> Callable[[int, int, int], dict]:
+def toyshapes_batches(data, cfg: TrainConfig, text=None) -> Callable[[int, int, int], dict]:
     """batch_fn for fit: micro-batch `micro` of `n_micro` of step `step`'s global batch of ToyShapes images
-    (image, caption, labels), tagged with its step and global micro-batch index."""
+    (image, caption, labels), tagged with its step and global micro-batch index. With a caption tokenizer
+    `text`, the captions also come tokenized (ids, mask), in the data workers rather than in the loss:
+    the loss (and anything torch.compile'd) then sees tensors only. `data` is anything with len() and
+    .batch(indices): a ToyShapes split, or one drawn into memory (data.Prerendered)."""
     def batch_fn(step: int, micro: int, n_micro: int) -> dict:
         indices = batch_indices(cfg.seed, step, cfg.batch_size, len(data))
         share = cfg.batch_size // n_micro
-        return {**data.batch(indices[micro * share:(micro + 1) * share]), "step": step, "micro": micro}
+        batch = data.batch(indices[micro * share:(micro + 1) * share])
+        if text is not None and "ids" not in batch:
+            batch["ids"], batch["mask"] = text(batch["caption"])
+        return {**batch, "step": step, "micro": micro}
     return batch_fn
+
+
+def captions_of(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | list[str]:
+    """The batch's captions as the models take them: tokenized (ids, mask) on the device when the batch has
+    them, else the strings."""
+    if "ids" not in batch:
+        return batch["caption"]
+    return batch["ids"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+
+
+def _final_meta(result: dict, cfg: TrainConfig) -> dict:
+    """What a model file says about how far its training got: a deadline may have stopped it early."""
+    return {"finished": result["finished"], "steps_done": result["step"], "steps_planned": cfg.steps}
 
 
 def _start(run: RunOptions | None) -> tuple[RunOptions, torch.device, float | None]:
@@ -325,8 +426,13 @@ def _prepare(out: str | Path, kind: str, run: RunOptions, preset, command: str,
     return runs.prepare(out, kind, run, writes, preset.name, command)
 
 
-def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, command: str = "") -> dict:
-    """Both tokenizer stages for a preset; writes OUT/stage_a, OUT/stage_b and OUT/tokenizer.safetensors."""
+def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, command: str = "",
+                    data=None) -> dict:
+    """Both tokenizer stages for a preset; writes OUT/stage_a, OUT/stage_b and OUT/tokenizer.safetensors.
+    data: the training images (default: the preset's ToyShapes train split).
+
+    The file is written even when the deadline stops a stage: then it says finished: false (and a stage
+    (a) cut short skips stage (b)); --resume continues the run and rewrites it."""
     from dataclasses import asdict
 
     import torch.distributed as dist
@@ -337,7 +443,7 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
 
     run, device, deadline = _start(run)
     out = _prepare(out, "tokenizer", run, preset, command)
-    data = ToyShapes(preset.data, "train")
+    data = ToyShapes(preset.data, "train") if data is None else data
     shown = ToyShapes(preset.data, "val").batch(range(8))["image"].to(device)
     torch.manual_seed(preset.tokenizer_train.seed)  # the initial weights, so that every run starts alike
     model = HybridTokenizer(preset.tokenizer).to(device)
@@ -365,28 +471,36 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
         return model.stage_b_loss(batch["image"].to(device, non_blocking=True))
 
     def figures(stage_dir: Path, keys: tuple[str, ...]):
-        def write(step: int) -> None:
+        def write(step: int, history: list) -> None:
             _recon_figure(model, shown, stage_dir / "recon.png")
-            _loss_figure(checkpoint.read_meta(stage_dir / CHECKPOINT)["history"], keys, stage_dir / "loss.png")
+            _loss_figure(history, keys, stage_dir / "loss.png")
         return write
+
+    def save(stages: dict) -> None:
+        final = {**meta, "preset": preset.name, "train_seconds": round(sum(r["seconds"] for r in stages.values()), 1),
+                 "command": command, "device": describe_device(device), "torch": torch.__version__,
+                 "finished": all(r["finished"] for r in stages.values()) and "b" in stages,
+                 "stages": {k: _final_meta(r, c) for (k, r), c in zip(stages.items(), (cfg_a, cfg_b))}}
+        checkpoint.save(out / "tokenizer.safetensors", model.state_dict(), final)
+        result["tokenizer"] = str(out / "tokenizer.safetensors")
 
     a = fit(model, model.stage_a_parameters(), toyshapes_batches(data, cfg_a), loss_a, cfg_a, out / "stage_a",
             {**meta, "stage": "a"}, run, figures(out / "stage_a", ("recon", "vq")), "tokenizer (a) autoencoder + VQ",
             tokens, deadline, restart)
     result = {"stage_a": {k: a[k] for k in ("step", "seconds", "finished")}}
     if not a["finished"]:
+        if world()[0] == 0:
+            save({"a": a})
         return result
     runs.mark(out, "stage b")
     params = model.start_stage_b()
     b = fit(model, params, toyshapes_batches(data, cfg_b), loss_b, cfg_b, out / "stage_b", {**meta, "stage": "b"},
             run, figures(out / "stage_b", ("recon",)), "tokenizer (b) decoder fine-tune", tokens, deadline)
     result["stage_b"] = {k: b[k] for k in ("step", "seconds", "finished")}
-    if b["finished"] and world()[0] == 0:
-        final = {**meta, "preset": preset.name, "train_seconds": round(a["seconds"] + b["seconds"], 1),
-                 "command": command, "device": describe_device(device), "torch": torch.__version__}
-        checkpoint.save(out / "tokenizer.safetensors", model.state_dict(), final)
-        runs.mark(out, "finished")
-        result["tokenizer"] = str(out / "tokenizer.safetensors")
+    if world()[0] == 0:
+        save({"a": a, "b": b})
+        if b["finished"]:
+            runs.mark(out, "finished")
     return result
 
 
@@ -418,44 +532,47 @@ def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device
 
 def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_path: Path, meta: dict,
                      run: RunOptions, device: torch.device, deadline: float | None, command: str,
-                     tokens_per_sample: int) -> dict:
-    """Shared by HART and the diffusion baseline: fit on ToyShapes, sample grids, save beside the tokenizer."""
+                     tokens_per_sample: int, data=None) -> dict:
+    """Shared by HART and the diffusion baseline: fit on ToyShapes, sample grids, save beside the tokenizer.
+    The model file is written even when the deadline stops the run early; then it says finished: false."""
     import shutil
 
     from hart_mini.data import ToyShapes
     from hart_mini.runtime import describe_device, world
 
-    data = ToyShapes(preset.data, "train")
+    data = ToyShapes(preset.data, "train") if data is None else data
     prompts = ToyShapes(preset.data, "val").batch(range(8))["caption"]
 
     def loss(batch: dict):
-        return model.loss(batch["image"].to(device, non_blocking=True), batch["caption"])
+        return model.loss(batch["image"].to(device, non_blocking=True), captions_of(batch, device))
 
-    def figures(step: int) -> None:
+    def figures(step: int, history: list) -> None:
         sample_figure(model, prompts, out / "samples.png")
-        _loss_figure(checkpoint.read_meta(out / CHECKPOINT)["history"], ("ce", "diff"), out / "loss.png")
+        _loss_figure(history, ("ce", "diff"), out / "loss.png")
 
     meta = {**meta, "data": dataclasses.asdict(preset.data), "tokenizer_sha256": checkpoint.sha256(tok_path)}
-    result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg), loss, cfg, out, meta, run,
-                 figures, name, tokens_per_sample, deadline)
+    result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss, cfg,
+                 out, meta, run, figures, name, tokens_per_sample, deadline)
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
-    if result["finished"] and world()[0] == 0:
+    if world()[0] == 0:
         if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
             shutil.copyfile(tok_path, out / "tokenizer.safetensors")  # a model file names its tokenizer beside it
         target = out / f"{name.lower().split()[0]}.safetensors"
         model.save(target, out / "tokenizer.safetensors",
                    {"preset": preset.name, "train_seconds": round(result["seconds"], 1), "command": command,
-                    "device": describe_device(device), "torch": torch.__version__})
-        runs.mark(out, "finished")
+                    "device": describe_device(device), "torch": torch.__version__, **_final_meta(result, cfg)})
+        if result["finished"]:
+            runs.mark(out, "finished")
         summary["model"] = str(target)
     return summary
 
 
 def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,
-               command: str = "", mode: str | None = None) -> dict:
+               command: str = "", mode: str | None = None, data=None) -> dict:
     """Train HART (transformer + residual head) on a frozen tokenizer; writes OUT/hart.safetensors.
 
-    mode overrides preset.head.mode: off (discrete only), last (HART), full, early.
+    mode overrides preset.head.mode: off (discrete only), last (HART), full, early. data: the training
+    images (default: the preset's ToyShapes train split).
     """
     from hart_mini.data import ToyShapes
     from hart_mini.hart import HART
@@ -472,11 +589,11 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
             "head": dataclasses.asdict(head), "residual_scale": round(scale, 6)}
     tokens = preset.transformer.text_len + preset.tokenizer.num_tokens - 1
     return _train_generator(model, "HART", preset, preset.hart_train, Path(out), tok_path, meta, run, device,
-                            deadline, command, tokens)
+                            deadline, command, tokens, data)
 
 
 def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,
-                    command: str = "") -> dict:
+                    command: str = "", data=None) -> dict:
     """Train the latent diffusion baseline on a frozen tokenizer; writes OUT/diffusion.safetensors."""
     from hart_mini.baselines import LatentDiffusion
     from hart_mini.data import ToyShapes
@@ -493,19 +610,21 @@ def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None
             "diffusion": dataclasses.asdict(preset.baseline), "latent_scale": round(scale, 6)}
     tokens = preset.transformer.text_len + preset.tokenizer.latent_size ** 2
     return _train_generator(model, "Diffusion baseline", preset, preset.baseline_train, Path(out), tok_path, meta,
-                            run, device, deadline, command, tokens)
+                            run, device, deadline, command, tokens, data)
 
 
 def train_judge(preset, out: str | Path, run: RunOptions | None = None, command: str = "",
-                n_eval: int = 5000) -> dict:
-    """Train the judge on real ToyShapes images; writes OUT/judge.safetensors with its held-out accuracy."""
+                n_eval: int = 5000, data=None, held: dict | None = None) -> dict:
+    """Train the judge on real ToyShapes images; writes OUT/judge.safetensors with its held-out accuracy
+    (on the first n_eval test images, or on `held`, a batch of them already drawn). The file is written even
+    when the deadline stops the run early; then it says finished: false."""
     from hart_mini.data import ToyShapes
     from hart_mini.judge import Judge, attribute_accuracy, prompt_accuracy
     from hart_mini.runtime import describe_device, world
 
     run, device, deadline = _start(run)
     out = _prepare(out, "judge", run, preset, command)
-    data, cfg = ToyShapes(preset.data, "train"), preset.judge_train
+    data, cfg = ToyShapes(preset.data, "train") if data is None else data, preset.judge_train
     torch.manual_seed(cfg.seed)
     config = {"image_size": preset.data.image_size, "width": 32}
     judge = Judge(**config).to(device)
@@ -517,16 +636,17 @@ def train_judge(preset, out: str | Path, run: RunOptions | None = None, command:
                  {"kind": "judge-training", "config": config, "data": dataclasses.asdict(preset.data)}, run, None,
                  "judge", 0, deadline)
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
-    if result["finished"] and world()[0] == 0:
-        held = ToyShapes(preset.data, "test", size=n_eval).batch(range(n_eval))
-        images = held["image"].to(device)
+    if world()[0] == 0:
+        held = ToyShapes(preset.data, "test", size=n_eval).batch(range(n_eval)) if held is None else held
+        images, n_eval = held["image"].to(device), len(held["caption"])
         metrics = {"n": n_eval, **{f"acc_{k}": round(v, 4) for k, v in attribute_accuracy(judge, images,
                                                                                          held["labels"]).items()}}
         metrics["real_prompt_accuracy"] = round(prompt_accuracy(judge, images, held["caption"])["prompt_accuracy"], 4)
         checkpoint.save(out / "judge.safetensors", judge.state_dict(), {
             "kind": "judge", "config": config, "preset": preset.name, "metrics": metrics, "command": command,
             "train_seconds": round(result["seconds"], 1), "device": describe_device(device),
-            "torch": torch.__version__})
-        runs.mark(out, "finished")
+            "torch": torch.__version__, **_final_meta(result, cfg)})
+        if result["finished"]:
+            runs.mark(out, "finished")
         summary.update(judge=str(out / "judge.safetensors"), metrics=metrics)
     return summary

@@ -173,11 +173,14 @@ class NextScaleTransformer(nn.Module):
 
     def embed_scales(self, inputs: torch.Tensor, first: int) -> torch.Tensor:
         """Latent inputs (B, n, C) for image tokens first..first+n-1 -> (B, n, D)."""
-        pos = slice(first, first + inputs.shape[1])
+        return self.embed_at(inputs, slice(first, first + inputs.shape[1]))
+
+    def embed_at(self, inputs: torch.Tensor, pos: slice | torch.Tensor) -> torch.Tensor:
+        """Latent inputs (B, n, C) for the image tokens at positions `pos` (a slice or n indices) -> (B, n, D)."""
         x = self.word_embed(inputs) + self.level_embed(self.levels[pos]) + self.grid[pos]
         return x + self.pos_embed[pos] if self.pos_embed is not None else x
 
-    def rope(self, n_text: int, image_positions: slice | None) -> torch.Tensor | None:
+    def rope(self, n_text: int, image_positions: slice | torch.Tensor | None) -> torch.Tensor | None:
         """RoPE angles for text positions (1-D, before the image) and/or image positions (2-D)."""
         if self.cfg.position != "rope":
             return None
@@ -196,17 +199,27 @@ class NextScaleTransformer(nn.Module):
 
     # --- training: one teacher-forced pass ---
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor, drop: torch.Tensor):
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor, drop: torch.Tensor,
+                keep: torch.Tensor | None = None):
         """ids, mask (B, T); inputs (B, n, C), the teacher-forcing inputs of the first n image tokens after
         scale 1 (n = L - 1 for all scales); drop (B,) bool. Returns logits (B, 1 + n, V) for image tokens
-        0..n and the hidden states h (B, 1 + n, D) they came from."""
+        0..n and the hidden states h (B, 1 + n, D) they came from.
+
+        keep (HART's token subsampling, all scales given): indices in [0, pn_K^2) of the last scale's tokens
+        that stay in the sequence; the others leave it, as queries and as keys. Earlier scales never attend to
+        the last one (block-causal), so their outputs do not change. Then n = L - 1 - pn_K^2 + len(keep)."""
         x_text, valid, cond = self.embed_text(ids, mask, drop)
+        pos = slice(1, 1 + inputs.shape[1])  # the image tokens the inputs stand for
+        if keep is not None:
+            last = self.starts[-2]  # first token of the last scale
+            pos = torch.cat([torch.arange(1, last, device=keep.device), last + keep])  # (n,)
+            inputs = inputs[:, pos - 1]  # (B, n, C)
         T, n = x_text.shape[1], inputs.shape[1]
-        x = torch.cat([x_text, self.embed_scales(inputs, 1)], dim=1)  # (B, T + n, D)
-        level = torch.cat([torch.zeros(T, dtype=torch.long, device=x.device), self.levels[1:1 + n]])  # (T+n,)
+        x = torch.cat([x_text, self.embed_at(inputs, pos)], dim=1)  # (B, T + n, D)
+        level = torch.cat([torch.zeros(T, dtype=torch.long, device=x.device), self.levels[pos]])  # (T+n,)
         key_ok = torch.cat([valid, valid.new_ones(x.shape[0], n)], dim=1)  # (B, T + n)
         attend = block_causal_mask(level, key_ok)  # (B, T + n, T + n)
-        rope = self.rope(T, slice(1, 1 + n))
+        rope = self.rope(T, pos)
         for block in self.blocks:
             x = block(x, attend[:, None], cond, rope)
         h = x[:, T - 1:]  # the last text position predicts scale 1, then each input its own token

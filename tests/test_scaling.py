@@ -67,8 +67,10 @@ def test_chunked_run_by_max_minutes_equals_one_run(tmp_path, capsys):
                 "--n-eval", "10", "--max-minutes", "0"] + (["--resume"] if chunks else [])
         assert main(args) == 0
         chunks += 1
-        if (tmp_path / "chunks" / "judge.safetensors").exists():
+        _, meta = checkpoint.load(tmp_path / "chunks" / "judge.safetensors")  # written by every chunk
+        if meta["finished"]:
             break
+        assert meta["steps_done"] == chunks  # each stopped chunk leaves its model, flagged unfinished
     assert chunks == 20  # one step per chunk: max-minutes 0 stops at the first checkpoint after a step
     a, _ = checkpoint.load(tmp_path / "one" / "judge.safetensors")
     b, _ = checkpoint.load(tmp_path / "chunks" / "judge.safetensors")

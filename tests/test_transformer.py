@@ -89,9 +89,9 @@ def test_caption_dropout_rate_is_ten_percent():
     seen = []
     original = model.transformer.forward
 
-    def spy(ids, mask, inputs, drop):
+    def spy(ids, mask, inputs, drop, keep=None):
         seen.append(drop)
-        return original(ids, mask, inputs, drop)
+        return original(ids, mask, inputs, drop, keep)
 
     model.transformer.forward = spy
     batch = ToyShapes(PRESET.data).batch(range(100))
