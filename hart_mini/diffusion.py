@@ -1,4 +1,4 @@
-"""Diffusion for HART's residual head: the schedule, the loss, the samplers and the MLP (HART_NOTES 1.5).
+"""Diffusion for HART's residual head: the schedule, the loss, the samplers and the MLP (HART section 3.2, MAR).
 
 One token at a time: the head models p(x0 | z) for a C-dimensional vector x0 (a scaled residual),
 conditioned on a D-dimensional z from the transformer. There is no attention between tokens (MAR's
@@ -8,6 +8,9 @@ conditioned on a D-dimensional z from the transformer. There is no attention bet
     eps-prediction    the head predicts eps
     v-prediction      the head predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0   (Salimans & Ho)
     sampling          DDIM (deterministic) or ancestral DDPM over any respaced subset of the T steps
+
+HART's own head is eps-prediction with a learned variance, sampled in 8 ancestral steps with x0 clipped
+(`clip_x0` here). hart_mini defaults to v-prediction, which needs no clipping bound: notebook 06 shows why.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Notebooks load shipped models through pretrained.load_for: never an untrained model in silence."""
+"""Helpers the notebooks rely on: shipped models with a fallback note, committed histories, object crops, the judge."""
 
 import json
 
@@ -44,3 +44,34 @@ def test_history_reads_the_committed_file_or_says_it_is_missing(monkeypatch, tmp
     (tmp_path / "data" / "results" / "cpu" / "hart_history.json").write_text(json.dumps(rows))
     entries, note = pretrained.history("hart", "cpu")
     assert entries == rows and "shipped cpu hart" in note
+
+
+def test_object_crops_centre_on_the_named_cell_and_keep_two_object_images_whole():
+    import torch
+
+    from hart_mini.viz import object_crops
+
+    images = torch.zeros(3, 3, 32, 32)
+    images[0, :, 0:4, 0:4] = 1.0  # a dot in the top-left corner
+    images[1, :, 28:32, 28:32] = 1.0  # a dot in the bottom-right corner
+    crops = object_crops(images, ["a small red circle at the top left", "a small red circle at the bottom right",
+                                  "a small red circle left of a large blue square"])
+    assert crops.shape == (3, 3, 16, 16)
+    assert crops[0, :, :4, :4].min() == 1.0 and crops[1, :, -4:, -4:].min() == 1.0  # the dots are in view
+    moved = object_crops(images[:1], cells=[8])  # a cell given by hand wins over the prompt
+    assert moved.max() == 0.0
+
+
+def test_the_judge_names_what_an_image_gets_wrong_and_where_its_object_is():
+    from hart_mini.data import ToyShapes
+    from hart_mini.judge import misses, object_cells
+
+    judge = pretrained.load("judge", "cpu")
+    batch = ToyShapes(get_preset("cpu").data, "test").batch(range(8))
+    assert misses(judge, batch["image"], batch["caption"]) == [[]] * 8  # real images match their captions
+    wrong = misses(judge, batch["image"][:1], ["a large purple dotted diamond at the bottom right"])
+    assert wrong[0] and set(wrong[0]) <= {"count", "shape", "colour", "size", "texture", "position", "relation"}
+    one = [i for i, c in enumerate(batch["caption"]) if " at the " in c]
+    cells = object_cells(judge, batch["image"][one])
+    from hart_mini.data import parse_caption
+    assert cells == [parse_caption(batch["caption"][i])["position"] for i in one]
