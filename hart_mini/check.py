@@ -74,8 +74,9 @@ def check_close(name: str, got, expected, atol: float = 1e-5, rtol: float = 1e-4
             size = float(np.abs(e))
             far = f"{float(diff) / size:.0%} of its size" if size > 0 and np.isfinite(diff) else "not close"
             _fail(name, f"off by about {far} (allowed: atol={atol:g}, rtol={rtol:g})")
-        _fail(name, f"{int(bad.sum())} of {bad.size} entries are off (largest difference {float(diff.max()):.0e}; "
-                    f"allowed: atol={atol:g}, rtol={rtol:g})")
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+        _fail(name, f"{int(bad.sum())} of {bad.size} entries are off, the worst at index {worst} (difference "
+                    f"{float(diff.max()):.0e}; allowed: atol={atol:g}, rtol={rtol:g})")
     print(f"✓ {name}: close (max difference {float(diff.max()):.2g})")
 
 

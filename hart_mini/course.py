@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 # The course map: notebook, what it teaches, time on a 2-core CPU (cpu preset) and on one GPU (gpu preset).
+# CPU times are measured (notebooks/instructor_guide.md says how); GPU times are estimates until measured.
 # The same times open each notebook ("Time:") and fill README's course map; tests/test_notebooks.py checks it.
 COURSE_MAP = (
     ("00_welcome", "The environment, a shipped HART's samples, the course map, HART's idea in one figure",
@@ -20,24 +21,24 @@ COURSE_MAP = (
     ("01_toyshapes", "Procedural text-to-image data with fine detail; captions, labels, power spectra",
      "1 min", "1 min"),
     ("02_vector_quantization", "VQ from scratch: nearest code, straight-through, codebook collapse and restarts",
-     "3 min", "1 min"),
+     "1 min", "1 min"),
     ("03_multiscale_residual_vq", "VAR's multi-scale residual quantizer, scale by scale; L = sum of pn squared",
      "1 min", "1 min"),
     ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous paths",
-     "2 min", "1 min"),
+     "1 min", "1 min"),
     ("05_next_scale_transformer", "Next-scale prediction, block-causal mask, AdaLN, KV cache, guidance",
-     "5 min", "1 min"),
+     "10 min", "1 min"),
     ("06_diffusion_from_scratch", "DDPM / DDIM on points and latent vectors; eps vs v, clipping; fewer steps",
-     "4 min", "1 min"),
+     "3 min", "1 min"),
     ("07_residual_diffusion_head", "Why residuals are easy; the MLP head; conditioning; 8 vs 50 steps",
-     "4 min", "1 min"),
+     "5 min", "1 min"),
     ("08_hart_end_to_end", "The assembled HART: train, prompts to images, the head's effect and cost",
      "4 min", "1 min"),
     ("09_ablations", "Head on/off, full-token head, diffusion-early vs -last, steps, decoder, guidance",
-     "3 min", "1 min"),
-    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at toy scale", "3 min", "1 min"),
+     "1 min", "1 min"),
+    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at toy scale", "2 min", "1 min"),
     ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, data loading, torchrun + DDP, chunked runs",
-     "2 min", "1 min"),
+     "1 min", "1 min"),
 )
 
 # Pages beside the notebooks (notebooks/*.md): what each is for.
