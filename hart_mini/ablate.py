@@ -1,4 +1,4 @@
-"""Ablations: `python -m hart_mini ablate NAME --preset P --out DIR` (HART_NOTES section 3).
+"""Ablations: `python -m hart_mini ablate NAME --preset P --out DIR` (notebook 09 reads their results).
 
     head     residual head on vs off: HART; the same model with the head skipped; a discrete-only model
              trained with the same budget (HART's Table 5, "HART-VAR")

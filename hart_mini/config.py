@@ -69,8 +69,8 @@ class TokenizerConfig:
     beta: float = 0.01
     dead_code_threshold: float = 0.03  # restart codes used less than this share of the average code
     # Stage (a): chance that an image decodes from f instead of f_hat (straight-through). VAR: 0. We use 0.5,
-    # so the encoder learns to keep fine detail in f from the start (HART_NOTES 3: "initialise from a
-    # continuous AE"); it lifted both paths by about 1 dB in our trials.
+    # so the encoder learns to keep fine detail in f from the start, as a continuous autoencoder would; it
+    # lifted both paths by about 1 dB in our trials.
     p_continuous_a: float = 0.5
     decoder_mode: str = "alternating"  # stage (b): alternating | separate | continuous
     p_discrete: float = 0.5  # stage (b): chance that the decoder sees the discrete latent

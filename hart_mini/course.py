@@ -15,19 +15,40 @@ import json
 from pathlib import Path
 
 # The course map: notebook, what it teaches, time on a 2-core CPU (cpu preset) and on one GPU (gpu preset).
+# CPU times are measured (notebooks/instructor_guide.md says how); GPU times are estimates until measured.
+# The same times open each notebook ("Time:") and fill README's course map; tests/test_notebooks.py checks it.
 COURSE_MAP = (
-    ("00_welcome", "The environment, the course map and HART's idea in one figure", "2 min", "1 min"),
-    ("01_toyshapes", "Procedural text-to-image data with fine detail; captions, labels, spectra", "3 min", "2 min"),
-    ("02_vector_quantization", "VQ from scratch: nearest code, straight-through, codebook collapse", "planned", ""),
-    ("03_multiscale_residual_vq", "VAR's multi-scale residual quantizer, scale by scale", "planned", ""),
-    ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous", "planned", ""),
-    ("05_next_scale_transformer", "Next-scale prediction, block-causal mask, KV cache, CFG", "planned", ""),
-    ("06_diffusion_from_scratch", "DDPM on points and latent vectors; what fewer steps do", "planned", ""),
-    ("07_residual_diffusion_head", "Why residuals are easy; the MLP head; 8 vs 50 steps", "planned", ""),
-    ("08_hart_end_to_end", "The assembled HART: prompts to images, with and without the head", "planned", ""),
-    ("09_ablations", "Head on/off, full-token head, diffusion-early vs -last, steps, CFG", "planned", ""),
-    ("10_efficiency", "Where sampling time goes; the '9x faster' claim at toy scale", "planned", ""),
-    ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, torchrun; the full GPU run", "planned", ""),
+    ("00_welcome", "The environment, a shipped HART's samples, the course map, HART's idea in one figure",
+     "1 min", "1 min"),
+    ("01_toyshapes", "Procedural text-to-image data with fine detail; captions, labels, power spectra",
+     "1 min", "1 min"),
+    ("02_vector_quantization", "VQ from scratch: nearest code, straight-through, codebook collapse and restarts",
+     "1 min", "1 min"),
+    ("03_multiscale_residual_vq", "VAR's multi-scale residual quantizer, scale by scale; L = sum of pn squared",
+     "1 min", "1 min"),
+    ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous paths",
+     "1 min", "1 min"),
+    ("05_next_scale_transformer", "Next-scale prediction, block-causal mask, AdaLN, KV cache, guidance",
+     "10 min", "1 min"),
+    ("06_diffusion_from_scratch", "DDPM / DDIM on points and latent vectors; eps vs v, clipping; fewer steps",
+     "3 min", "1 min"),
+    ("07_residual_diffusion_head", "Why residuals are easy; the MLP head; conditioning; 8 vs 50 steps",
+     "5 min", "1 min"),
+    ("08_hart_end_to_end", "The assembled HART: train, prompts to images, the head's effect and cost",
+     "4 min", "1 min"),
+    ("09_ablations", "Head on/off, full-token head, diffusion-early vs -last, steps, decoder, guidance",
+     "1 min", "1 min"),
+    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at toy scale", "2 min", "1 min"),
+    ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, data loading, torchrun + DDP, chunked runs",
+     "1 min", "1 min"),
+)
+
+# Pages beside the notebooks (notebooks/*.md): what each is for.
+COURSE_PAGES = (
+    ("reading_list.md", "the papers, code and issue threads the course draws on, with links"),
+    ("glossary.md", "the course's notation in one table: f, f_hat, r_k, pn, K, L, h, z, abar, v, ..."),
+    ("troubleshooting.md", "common errors and what to do about them"),
+    ("instructor_guide.md", "answers to every exercise and open question; measured times per notebook"),
 )
 
 SOLUTION_TAG = "solution"

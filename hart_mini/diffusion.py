@@ -1,4 +1,4 @@
-"""Diffusion for HART's residual head: the schedule, the loss, the samplers and the MLP (HART_NOTES 1.5).
+"""Diffusion for HART's residual head: the schedule, the loss, the samplers and the MLP (HART section 3.2, MAR).
 
 One token at a time: the head models p(x0 | z) for a C-dimensional vector x0 (a scaled residual),
 conditioned on a D-dimensional z from the transformer. There is no attention between tokens (MAR's
@@ -8,6 +8,9 @@ conditioned on a D-dimensional z from the transformer. There is no attention bet
     eps-prediction    the head predicts eps
     v-prediction      the head predicts v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0   (Salimans & Ho)
     sampling          DDIM (deterministic) or ancestral DDPM over any respaced subset of the T steps
+
+HART's own head is eps-prediction with a learned variance, sampled in 8 ancestral steps with x0 clipped
+(`clip_x0` here). hart_mini defaults to v-prediction, which needs no clipping bound: notebook 06 shows why.
 """
 
 from __future__ import annotations
@@ -91,11 +94,14 @@ def diffusion_loss(head: nn.Module, x0: torch.Tensor, z: torch.Tensor, schedule:
 @torch.no_grad()
 def sample(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
            schedule: CosineSchedule, sampling_steps: int, prediction: str, method: str = "ddim",
-           generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+           generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+           clip_x0: float | None = None) -> torch.Tensor:
     """Draw x0 of `shape` by running model(x_t, t) -> eps or v over a respaced chain of steps.
 
     DDIM (eta = 0):  x_{t'} = sqrt(abar_t') x0_hat + sqrt(1 - abar_t') eps_hat
     DDPM (ancestral) on the respaced chain: beta = 1 - abar_t / abar_t', x_{t'} ~ q(x_t' | x_t, x0_hat).
+    clip_x0: clamp x0_hat to [-clip_x0, clip_x0] at every step, and take eps_hat consistent with the clamped
+    x0_hat (HART's head does this in its scaled units: iDDPM's clip_denoised=True, clip_x0 = 1).
     """
     require(method in ("ddim", "ddpm"), "method", method, "'ddim' or 'ddpm'")
     steps = schedule.respaced(sampling_steps)
@@ -103,6 +109,10 @@ def sample(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: t
     for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         x0, eps = schedule.split(model(x, t_batch), x, t_batch, prediction)
+        if clip_x0 is not None:
+            a_t = schedule.at(t_batch, x)
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
         if i == len(steps) - 1:
             return x0
         a, a_next = schedule.abar[t].item(), schedule.abar[steps[i + 1]].item()

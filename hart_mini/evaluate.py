@@ -38,9 +38,9 @@ def evaluate_tokenizer(tokenizer, data: ToyShapes, n: int = 1000, batch_size: in
     originals, recons = [], {"discrete": [], "continuous": []}
     for start in range(0, n, batch_size):
         x = data.batch(range(start, min(start + batch_size, n)))["image"].to(device)
-        t = tokenizer.tokenize(x)
-        counts += torch.bincount(t.sequence.flatten().cpu(), minlength=V).double()
-        for path, latent in (("discrete", t.f_hat), ("continuous", t.f)):
+        tokens = tokenizer.tokenize(x)
+        counts += torch.bincount(tokens.sequence.flatten().cpu(), minlength=V).double()
+        for path, latent in (("discrete", tokens.f_hat), ("continuous", tokens.f)):
             rec = tokenizer.decode(latent, path).float().cpu()
             sums[f"mse_{path}"] += float(mse(rec, x.cpu()).sum())
             sums[f"psnr_{path}"] += float(psnr(rec, x.cpu()).sum())

@@ -1,13 +1,13 @@
 """The assembled HART: frozen hybrid tokenizer + caption tokenizer + next-scale transformer + residual head.
 
-Training (teacher forcing), HART_NOTES 1.4-1.5:
+Training (teacher forcing), as in HART's `HARTForT2I.forward` (github.com/mit-han-lab/hart):
 
     loss = CE(all image tokens) + lambda * diffusion_loss(head, target, z)
     z      = norm(h_K + word_embed(e(r_K)))            h_K: last-scale hidden states; r_K sampled from the
                                                        model's own last-scale logits (or the truth)
     target = (f - f_hat_{<K} - e(r_K)) / residual_scale   the residual against the token actually chosen
 
-Sampling, HART_NOTES 1.6: the text prefix once, then for k = 1..K
+Sampling, as in HART's `autoregressive_infer_cfg`: the text prefix once, then for k = 1..K
     logits_k = (1 + t_k) cond - t_k uncond,  t_k = cfg_scale * (k - 1) / (K - 1)      (linear ramp)
     r_k ~ top-k / top-p;   f_hat += phi_k(up(e(r_k)));   next input = area_down(f_hat, pn_{k+1})
 then the head draws the residual in `sampling_steps` steps (with the same guidance, shared noise) and the
@@ -71,7 +71,7 @@ def sample(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Gene
 def caption_dropout(n: int, rate: float, device: torch.device) -> torch.Tensor:
     """Which of n captions to drop for classifier-free guidance: uniform draws, so exactly `rate` on average.
 
-    HART's code tests torch.randn(B) < rate (a Gaussian), which drops ~54 % at rate 0.1 (HART_NOTES 1.4).
+    HART's code tests torch.randn(B) < rate (a Gaussian), which drops ~54 % at rate 0.1 (hart_transformer_t2i.py).
     """
     return torch.rand(n, device=device) < rate
 

@@ -165,3 +165,23 @@ def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> 
     result.update({f"acc_{k}": hits[k] / totals[k] for k in keys if totals[k]})
     return result
 
+
+@torch.no_grad()
+def misses(judge: Judge, images: torch.Tensor, captions: list[str]) -> list[list[str]]:
+    """For each image, the parts of its caption the judge does not see ([] when it sees all of them):
+    a figure can name each sample's failures under it."""
+    out = []
+    for image, caption in zip(images, captions):
+        result = prompt_accuracy(judge, image[None], [caption])
+        out.append([k[len("acc_"):] for k, v in result.items() if k.startswith("acc_") and v < 1])
+    return out
+
+
+@torch.no_grad()
+def object_cells(judge: Judge, images: torch.Tensor) -> list[int | None]:
+    """For each image, the grid cell (0-8, row-major) where the judge sees an object; None if it sees none
+    or more than one. For zooming on what a model actually drew (`viz.object_crops(..., cells=...)`)."""
+    shapes = judge.predict(images)["shape"].cpu()  # (B, 9): a shape class per cell, NONE where empty
+    found = [(row != NONE).nonzero().flatten().tolist() for row in shapes]
+    return [cells[0] if len(cells) == 1 else None for cells in found]
+

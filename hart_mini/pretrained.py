@@ -1,6 +1,13 @@
 """Shipped models in `data/`: one call to load them, a manifest that says where each came from.
 
     tokenizer = hart_mini.pretrained.load("tokenizer", preset="cpu")
+    shipped = hart_mini.pretrained.load_for("hart", get_preset())   # what a notebook calls
+    print(shipped.note); model, data = shipped.model, shipped.preset.data
+
+`load_for` never hands a notebook an untrained model in silence: it loads the models shipped for the
+preset, or, when there are none (say, `gpu` before the GPU run is committed), the `cpu` ones, and its
+`note` says which. Its `preset` is the one the model was trained for, so the notebook feeds it data of
+the right size.
 
 `data/manifest.json` lists every shipped file with its sha256, size, config, the exact command that
 produced it, the device and time it took, and its metrics. `load` checks the sha256 before reading a
@@ -9,7 +16,9 @@ byte of the weights, and the weights are safetensors (never pickle).
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,6 +89,52 @@ def loader(kind: str):
 def load(kind: str, preset: str = "cpu", device: str | torch.device = "cpu"):
     """Load the shipped model `kind` ('tokenizer', ...) trained for `preset`."""
     return loader(kind)(path(kind, preset), device=device)
+
+
+@dataclass
+class Shipped:
+    model: torch.nn.Module
+    preset: object  # the hart_mini.config.Preset the model was trained for: use its data and sizes
+    note: str  # one line for the notebook to print: which file, how it was made, or why it fell back
+
+
+FALLBACK = "cpu"  # the preset whose models ship with the repository
+
+
+def load_for(kind: str, preset, device: str | torch.device = "cpu") -> Shipped:
+    """The shipped `kind` for `preset` (a Preset), else the `cpu` one with a note saying so.
+
+    Raises FileNotFoundError, naming the command that trains one, when neither is shipped.
+    """
+    from hart_mini.config import get_preset
+
+    wanted = preset.shipped
+    use = wanted if available(kind, wanted) else FALLBACK
+    if not available(kind, use):
+        path(kind, use)  # raises, naming the command that trains one
+    model = load(kind, use, device)
+    entry = manifest()["models"][name(kind, use)]
+    made = f"{entry['command']}" + (f", {entry['train_seconds'] / 60:.0f} min" if entry.get("train_seconds") else "")
+    note = f"using the shipped {use} {kind} (data/{entry['file']}; made by: {made})"
+    if use != wanted:
+        note = (f"note: no {wanted} {kind} is shipped in data/, so this notebook uses the {use} one instead, "
+                f"with {use}-preset data; {note}")
+        return Shipped(model, get_preset(use), note)
+    return Shipped(model, preset, note)
+
+
+def history(kind: str, preset_name: str = FALLBACK) -> tuple[list[dict] | None, str]:
+    """The training history of the shipped `kind` (data/results/<preset>/<kind>_history.json), with a note.
+
+    Returns (None, why) when it is not committed, so a notebook can say so instead of plotting another run.
+    """
+    file = DATA / "results" / preset_name / f"{kind}_history.json"
+    if not file.is_file():
+        return None, (f"note: the shipped {preset_name} {kind}'s training history is not in the repository "
+                      f"({file.relative_to(DATA.parent)}); only this notebook's short run is shown")
+    entries = json.loads(file.read_text())
+    entries = entries["history"] if isinstance(entries, dict) else entries
+    return entries, f"the shipped {preset_name} {kind}'s training history ({file.relative_to(DATA.parent)})"
 
 
 def ship(kind: str, preset: str, source: str | Path, command: str, metrics: dict, extra: dict | None = None) -> dict:

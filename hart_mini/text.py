@@ -140,8 +140,14 @@ def text_condition(encoder: TextEncoder, project: nn.Module, ids: torch.Tensor, 
                    drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Caption tokens -> (prefix x (B, T, D), valid (B, T), pooled (B, D)), for every generator.
 
-    Dropped captions become HART's unconditional input: zero features, only the last position valid, a
-    zero pooled vector.
+    Dropped captions become the unconditional input: zero features, only the *last* position valid (our
+    captions are left-padded, and the last position predicts scale 1), a zero pooled vector. `valid` enters
+    attention, so no query ever attends to padding.
+
+    HART differs: its unconditional branch is an all-zero context with only the *first* mask position
+    valid, and its mask never enters attention (it only pools the context for AdaLN and numbers the RoPE
+    positions), so every query attends to every context position, padding included
+    (`autoregressive_infer_cfg` in hart_transformer_t2i.py, github.com/mit-han-lab/hart).
     """
     feats = encoder(ids, mask)  # (B, T, D)
     pooled = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (B, D)

@@ -1,12 +1,12 @@
 """The hybrid tokenizer: an image becomes discrete tokens at several scales plus a continuous residual.
 
-HART section 3.1, built on VAR's multi-scale residual VQ (HART_NOTES 1.2-1.3):
+HART section 3.1 (arXiv 2410.10812), built on VAR's multi-scale residual VQ (arXiv 2404.02905):
 
     x (B, 3, H, W) in [-1, 1]
       -> encoder -> f (B, C, h, w), h = H / 4                  the continuous latent
       -> for each scale pn_k, coarse to fine:                  r_k (B, pn_k, pn_k) token indices
              r_k     = nearest code to area_down(f - f_hat, pn_k)
-             f_hat  += phi_k(bicubic_up(e(r_k), h))            (no phi at the last scale)
+             f_hat  += phi_k(bicubic_up(e(r_k), h))            (no phi at the last scale; VAR has one there)
       -> residual = f - f_hat                                  what the tokens cannot explain
       -> decoder(f_hat) (discrete path) or decoder(f) = decoder(f_hat + residual) (continuous path)
 
@@ -335,8 +335,8 @@ class HybridTokenizer(nn.Module):
 
     def reconstruct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Both paths at once: {'discrete': decode(f_hat), 'continuous': decode(f)}."""
-        t = self.tokenize(x)
-        return {"discrete": self.decode(t.f_hat, "discrete"), "continuous": self.decode(t.f, "continuous")}
+        tokens = self.tokenize(x)
+        return {"discrete": self.decode(tokens.f_hat, "discrete"), "continuous": self.decode(tokens.f, "continuous")}
 
     # --- the two training stages ---
 
@@ -383,13 +383,13 @@ class HybridTokenizer(nn.Module):
         'continuous': the decoder sees only f (the ablation whose discrete path decodes badly).
         """
         with torch.no_grad():
-            t = self.tokenize(x, check_values=False)
+            tokens = self.tokenize(x, check_values=False)
         mode = self.cfg.decoder_mode
         if mode == "alternating":
             discrete = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.cfg.p_discrete
-            loss = F.mse_loss(self.decoder(torch.where(discrete, t.f_hat, t.f)), x)
+            loss = F.mse_loss(self.decoder(torch.where(discrete, tokens.f_hat, tokens.f)), x)
         elif mode == "separate":
-            loss = F.mse_loss(self.decoder(t.f), x) + F.mse_loss(self.decoder_discrete(t.f_hat), x)
+            loss = F.mse_loss(self.decoder(tokens.f), x) + F.mse_loss(self.decoder_discrete(tokens.f_hat), x)
         else:
-            loss = F.mse_loss(self.decoder(t.f), x)
+            loss = F.mse_loss(self.decoder(tokens.f), x)
         return loss, {"recon": loss.detach()}

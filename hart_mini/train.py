@@ -74,7 +74,7 @@ class EMA:
     """Exponential moving average of the trained parameters, for sampling (frozen parts are left out).
 
     decay_t = min(decay, (1 + t) / (10 + t)): early on the average follows the weights closely, so even a
-    short run's EMA is useful (HART_NOTES pitfall: a 0.9999 EMA makes early checkpoints useless).
+    short run's EMA is useful (a fixed 0.9999 EMA makes early checkpoints useless: MAR issue #25).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, params: list[torch.nn.Parameter] | None = None):

@@ -1,4 +1,4 @@
-"""The next-scale autoregressive transformer (VAR; HART section 3.2; HART_NOTES 1.4).
+"""The next-scale autoregressive transformer (VAR, arXiv 2404.02905; HART, arXiv 2410.10812, section 3.2).
 
 One sequence per image: the caption's T text tokens, then the image tokens of scales 2..K.
 

@@ -48,7 +48,8 @@ def image_grid(images, captions: list[str] | None = None, ncols: int = 8, title:
     nrows = -(-n // ncols)
     if captions is not None and len(captions) != n:
         raise ValueError(f"got {n} images but {len(captions)} captions")
-    text_h = 0.0 if captions is None else 0.14 * (max(len(textwrap.wrap(c, wrap)) for c in captions) + 0.8)
+    lines = lambda c: [line for part in c.split("\n") for line in textwrap.wrap(part, wrap)]  # keep line breaks
+    text_h = 0.0 if captions is None else 0.14 * (max(len(lines(c)) for c in captions) + 0.8)
     height = nrows * (cell + text_h) + (0.3 if title else 0.0)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell, height), dpi=DPI, squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -57,11 +58,36 @@ def image_grid(images, captions: list[str] | None = None, ncols: int = 8, title:
             continue
         ax.imshow(pixels[i], interpolation="nearest")
         if captions is not None:  # an x-label, so tight_layout leaves room for it
-            ax.set_xlabel("\n".join(textwrap.wrap(captions[i], wrap)), fontsize=6, labelpad=2)
+            ax.set_xlabel("\n".join(lines(captions[i])), fontsize=6, labelpad=2)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(pad=0.3)
     return fig
+
+
+def object_crops(images: torch.Tensor, prompts: list[str] | None = None, cells: list[int | None] | None = None,
+                 size: int | None = None) -> torch.Tensor:
+    """Zoom on each image's object: a size x size window (half the image by default) centred on a cell of
+    the 3x3 grid. The cell is `cells[i]` (say, where the judge found the object), else the position the
+    prompt names; with neither (a two-object prompt, nothing found) the whole image is shown, downsampled.
+    images (B, 3, H, W) -> (B, 3, size, size).
+    """
+    from hart_mini.data import parse_caption
+
+    B, _, H, W = images.shape
+    size = size or H // 2
+    if cells is None:
+        cells = [parse_caption(p)["position"] for p in prompts] if prompts is not None else [None] * B
+    out = []
+    for image, cell in zip(images, cells):
+        if cell is None:
+            out.append(torch.nn.functional.interpolate(image[None], size=(size, size), mode="area")[0])
+            continue
+        row, col = divmod(cell, 3)
+        cy, cx = (2 * row + 1) * H // 6, (2 * col + 1) * W // 6  # the cell's centre
+        top, left = min(max(cy - size // 2, 0), H - size), min(max(cx - size // 2, 0), W - size)
+        out.append(image[:, top:top + size, left:left + size])
+    return torch.stack(out)
 
 
 def image_rows(rows: dict[str, object], cell: float = CELL) -> plt.Figure:

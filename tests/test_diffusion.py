@@ -90,3 +90,22 @@ def test_head_config_errors_name_the_field():
         HeadConfig(mode="middle")
     with pytest.raises(ValueError, match="sampling_steps=0 is invalid"):
         HeadConfig(sampling_steps=0)
+
+
+@pytest.mark.parametrize("method", ["ddim", "ddpm"])
+def test_clipping_x0_bounds_a_bad_eps_predictor_and_leaves_a_perfect_one_alone(method):
+    s = CosineSchedule(1000)
+    x0 = torch.rand(64, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1  # data in [-1, 1]
+    g = lambda: torch.Generator().manual_seed(0)
+
+    def blind(x_t, t):  # predicts eps = 0: x0_hat = x_t / sqrt(abar_t), about 2e4 x_t at t = 999
+        return torch.zeros_like(x_t)
+
+    def oracle(x_t, t):
+        a = s.at(t, x_t)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    assert sample(blind, (64, 4), s, 8, "eps", method, g()).abs().max() > 100
+    assert sample(blind, (64, 4), s, 8, "eps", method, g(), clip_x0=1.0).abs().max() <= 1.0
+    exact = sample(oracle, (64, 4), s, 8, "eps", method, g(), clip_x0=1.0)
+    assert torch.allclose(exact, x0, atol=1e-3)

@@ -1,6 +1,7 @@
 """The committed notebooks: executed top to bottom, structured as the course promises, student versions."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,35 @@ def test_student_notebooks_are_written_and_raise_not_implemented(tmp_path):
     solution = next(c for c in nb["cells"] if "solution" in c.get("metadata", {}).get("tags", []))
     with pytest.raises(NotImplementedError):
         exec(solution["source"], {})  # a stub that only defines a function raises when called instead
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_course_map_is_current_and_readme_and_headers_state_its_times():
+    from hart_mini.course import COURSE_PAGES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert {p.stem for p in NOTEBOOKS} == {name for name, *_ in COURSE_MAP}, "the map lists exactly the notebooks"
+    for name, goal, cpu, gpu in COURSE_MAP:
+        assert "planned" not in (goal + cpu + gpu).lower() and cpu.endswith("min") and gpu.endswith("min")
+        assert f"| `{name}` | {goal} | {cpu} | {gpu} |" in readme, f"README's course map disagrees on {name}"
+        header = _source(_cells(ROOT / "notebooks" / f"{name}.ipynb")[0])
+        assert f"about {cpu} on a 2-core CPU (`cpu` preset)" in header and f"{gpu} on a GPU" in header, name
+    welcome = "".join(_source(c) for c in _cells(ROOT / "notebooks" / "00_welcome.ipynb"))
+    for page, _ in COURSE_PAGES:
+        assert (ROOT / "notebooks" / page).is_file(), f"notebooks/{page} is missing"
+        assert f"notebooks/{page}" in readme and f"({page})" in welcome, f"{page} is not linked from README and 00"
+
+
+def test_the_repository_cites_no_document_it_does_not_contain():
+    files = [*ROOT.glob("hart_mini/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("notebooks/*.ipynb"),
+             *ROOT.glob("notebooks/*.md"), ROOT / "README.md"]
+    outside = ["hart" + "_notes", "design" + ".md", "style" + ".md"]  # spelled in parts: this file is read too
+    for path in files:
+        text = path.read_text(encoding="utf-8").lower()
+        assert not [name for name in outside if name in text], path.name
+        links = re.findall(r"\]\(([^)#\s]+)\)", text) if path.suffix in (".md", ".ipynb") else []
+        for link in links:  # relative markdown links must resolve
+            if not link.startswith(("http://", "https://", "mailto:")):
+                assert (path.parent / link).exists(), f"{path.name} links to {link}, which does not exist"

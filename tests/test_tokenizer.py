@@ -27,11 +27,11 @@ def _images(n=4, size=32):
 
 
 def test_f_hat_plus_residual_is_f_with_no_phi_at_the_last_scale():
-    t = _model().tokenize(_images())
-    assert torch.allclose(t.f_hat + t.residual, t.f, atol=1e-6)
+    tokens = _model().tokenize(_images())
+    assert torch.allclose(tokens.f_hat + tokens.residual, tokens.f, atol=1e-6)
     model = _model()
     last = len(SMOKE.scales) - 1
-    idx = t.indices[last]
+    idx = tokens.indices[last]
     assert torch.equal(model.quantizer.contribution(idx, last), model.quantizer.codebook(idx).permute(0, 3, 1, 2))
 
 
@@ -40,28 +40,28 @@ def test_token_count_is_sum_of_squares_and_shapes_follow_the_preset(scales, size
     cfg = dataclasses.replace(SMOKE, image_size=size, scales=scales)
     assert cfg.num_tokens == L == sum(p * p for p in scales)
     model = _model(cfg)
-    t = model.tokenize(_images(2, size))
-    assert t.f.shape == (2, cfg.latent_channels, size // 4, size // 4)
-    assert [tuple(i.shape) for i in t.indices] == [(2, p, p) for p in scales]
-    assert t.sequence.shape == (2, L)
-    assert model.decode(t.f).shape == (2, 3, size, size)
-    assert model.quantizer.teacher_forcing_inputs(t.indices).shape == (2, L - 1, cfg.latent_channels)
+    tokens = model.tokenize(_images(2, size))
+    assert tokens.f.shape == (2, cfg.latent_channels, size // 4, size // 4)
+    assert [tuple(i.shape) for i in tokens.indices] == [(2, p, p) for p in scales]
+    assert tokens.sequence.shape == (2, L)
+    assert model.decode(tokens.f).shape == (2, 3, size, size)
+    assert model.quantizer.teacher_forcing_inputs(tokens.indices).shape == (2, L - 1, cfg.latent_channels)
 
 
 def test_indices_to_f_hat_equals_the_encoders_f_hat():
     model = _model()
-    t = model.tokenize(_images())
-    assert torch.allclose(model.quantizer.indices_to_f_hat(t.indices), t.f_hat, atol=1e-6)
+    tokens = model.tokenize(_images())
+    assert torch.allclose(model.quantizer.indices_to_f_hat(tokens.indices), tokens.f_hat, atol=1e-6)
 
 
 def test_teacher_forcing_inputs_are_the_cumulative_f_hat_downsampled():
     model = _model()
-    t = model.tokenize(_images())
+    tokens = model.tokenize(_images())
     q, scales = model.quantizer, SMOKE.scales
-    inputs = q.teacher_forcing_inputs(t.indices)
+    inputs = q.teacher_forcing_inputs(tokens.indices)
     start = 0
     for k in range(len(scales) - 1):
-        partial = q.indices_to_f_hat(t.indices[: k + 1]) if k > 0 else q.contribution(t.indices[0], 0)
+        partial = q.indices_to_f_hat(tokens.indices[: k + 1]) if k > 0 else q.contribution(tokens.indices[0], 0)
         expected = q.next_input(partial, k).flatten(2).transpose(1, 2)
         n = scales[k + 1] ** 2
         assert torch.allclose(inputs[:, start:start + n], expected, atol=1e-6)
@@ -108,11 +108,11 @@ def test_stage_b_trains_only_the_decoder():
 def test_separate_mode_decodes_the_discrete_path_with_its_own_decoder():
     model = _model(dataclasses.replace(SMOKE, decoder_mode="separate"))
     model.start_stage_b()
-    t = model.tokenize(_images())
-    assert torch.equal(model.decode(t.f_hat, "discrete"), model.decoder_discrete(t.f_hat))
+    tokens = model.tokenize(_images())
+    assert torch.equal(model.decode(tokens.f_hat, "discrete"), model.decoder_discrete(tokens.f_hat))
     with torch.no_grad():
         model.decoder_discrete.net[0].bias.add_(1.0)
-    assert not torch.allclose(model.decode(t.f_hat, "discrete"), model.decode(t.f_hat, "continuous"))
+    assert not torch.allclose(model.decode(tokens.f_hat, "discrete"), model.decode(tokens.f_hat, "continuous"))
 
 
 @pytest.mark.parametrize("bad, message", [
