@@ -1,0 +1,154 @@
+"""HART's sampler: the short main loop (KV cache, head at the last scale) and the variants kept out of it (the
+no-cache reference, the 'full' and 'early' head modes) give, bit for bit, what the sampler gave before they
+were split apart.
+
+`_frozen_sample_latent` below is a verbatim copy of `HART.sample_latent` as it was before the split (one
+loop for every mode and both paths), kept only here as the reference of that refactoring.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hart_mini.config import get_preset, require
+from hart_mini.data import ToyShapes
+from hart_mini.diffusion import sample as diffusion_sample
+from hart_mini.hart import HART, check_sampling, guide, map_to_tokens, sample, tokens_to_map
+from hart_mini.text import CaptionTokenizer
+from hart_mini.tokenizer import HybridTokenizer
+
+PRESET = get_preset("smoke")
+PROMPTS = ["a large red striped circle at the top left", "a small blue square left of a yellow triangle",
+           "a large green dotted diamond at the bottom"]
+
+
+def _frozen_head_sample(self, z, t_cfg, guided, sampling_steps, generator):
+    B = z.shape[0] // 2 if guided else z.shape[0]
+    n, C = z.shape[1], self.tokenizer.cfg.latent_channels
+    zf = z.flatten(0, 1)
+
+    def model(x, t):
+        if not guided:
+            return self.head(x, t, zf)
+        cond, uncond = self.head(torch.cat([x, x]), torch.cat([t, t]), zf).chunk(2)
+        return (1 + t_cfg) * cond - t_cfg * uncond
+
+    x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
+                          self.head_cfg.sampler, generator, z.device)
+    return x0.view(B, n, C) * self.residual_scale
+
+
+@torch.no_grad()
+def _frozen_sample_latent(self, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, sampling_steps=None, seed=0,
+                          use_cache=True, use_head=True, forced=None):
+    check_sampling(cfg_scale, top_k, top_p)
+    steps = self.head_cfg.sampling_steps if sampling_steps is None else sampling_steps
+    require(isinstance(steps, int) and steps >= 1, "sampling_steps", steps, "an integer >= 1")
+    forced = list(forced or [])
+    self.eval()
+    q, K = self.tokenizer.quantizer, self.K
+    head = use_head and self.mode != "off"
+    ids, mask = self.encode_text(list(prompts))
+    B, device = len(prompts), ids.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    guided = cfg_scale > 0
+    if guided:
+        ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+    drop = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    drop[B:] = True
+    C, size = self.tokenizer.cfg.latent_channels, self.scales[-1]
+    f_hat = torch.zeros(B, C, size, size, device=device)
+    latent = torch.zeros_like(f_hat)
+    indices, raw_logits, inputs_so_far = [], [], []
+    for k, pn in enumerate(self.scales):
+        if k == 0 and use_cache:
+            logits, hidden, cache, cond = self.transformer.start(ids, mask, drop)
+        elif use_cache:
+            x = map_to_tokens(q.next_input(latent, k - 1))
+            logits, hidden = self.transformer.step(x.repeat(2, 1, 1) if guided else x, k, cache, cond)
+        else:
+            if k > 0:
+                inputs_so_far.append(map_to_tokens(q.next_input(latent, k - 1)))
+            x = torch.cat(inputs_so_far, 1) if inputs_so_far else f_hat.new_zeros(B, 0, C)
+            logits, hidden = self.transformer(ids, mask, x.repeat(2, 1, 1) if guided else x, drop)
+            start = self.transformer.starts[k]
+            logits, hidden = logits[:, start:], hidden[:, start:]
+        raw_logits.append(logits[:B])
+        t_k = cfg_scale * k / max(K - 1, 1)
+        last = k == K - 1
+        if head and self.mode == "full" and last:
+            part = _frozen_head_sample(self, self.condition(hidden, None), t_k, guided, steps, generator)
+            latent = latent + tokens_to_map(part, pn)
+            indices.append(None)
+            continue
+        if k < len(forced):
+            idx = forced[k].to(device).flatten(1)
+        else:
+            final = guide(logits, k, K, cfg_scale) if guided else logits
+            idx = sample(final, top_k, top_p, generator)
+        indices.append(idx.view(B, pn, pn))
+        f_hat = f_hat + q.contribution(idx.view(B, pn, pn), k)
+        code = q.codebook(idx)
+        if head and (self.mode == "early" or (self.mode == "last" and last)):
+            chosen = idx.repeat(2, 1) if guided else idx
+            d = _frozen_head_sample(self, self.condition(hidden, chosen), t_k, guided, steps, generator)
+            code = code + d
+        latent = latent + q.lift(tokens_to_map(code, pn), k)
+    path = "continuous" if head else "discrete"
+    return {"indices": indices, "f_hat": f_hat, "latent": latent if head else f_hat, "path": path,
+            "logits": raw_logits, "h": hidden[:B]}
+
+
+def _model(mode, position="absolute"):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PRESET.transformer, position=position)
+    model = HART(cfg, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(),
+                 dataclasses.replace(PRESET.head, mode=mode))
+    model.measure_residual_scale(ToyShapes(PRESET.data).batch(range(16))["image"])
+    with torch.no_grad():  # switch every AdaLN gate and the head on, so that each path matters
+        for name, p in model.named_parameters():
+            if "modulation" in name or name.startswith("head."):
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a["path"] == b["path"]
+    for key in ("f_hat", "latent", "h"):
+        assert torch.equal(a[key], b[key]), key
+    assert len(a["indices"]) == len(b["indices"])
+    for x, y in zip(a["indices"], b["indices"]):
+        assert (x is None and y is None) or torch.equal(x, y)
+    assert all(torch.equal(x, y) for x, y in zip(a["logits"], b["logits"], strict=True))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("mode", ["off", "last", "full", "early"])
+def test_sampler_gives_the_pre_split_sampler_outputs_bit_for_bit(mode, use_cache):
+    model = _model(mode)
+    for knobs in ({"cfg_scale": 3.0}, {"cfg_scale": 0.0}, {"cfg_scale": 1.5, "top_k": 20, "top_p": 0.8},
+                  {"cfg_scale": 2.0, "sampling_steps": 3, "seed": 5}):
+        for use_head in (True, False):
+            args = {"use_cache": use_cache, "use_head": use_head, **knobs}
+            _same(model.sample_latent(PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
+    old = _frozen_sample_latent(model, PROMPTS, cfg_scale=2.0, seed=3, use_cache=use_cache)
+    image = model.tokenizer.decode(old["latent"], old["path"]).clamp(-1, 1).add(1).div(2)
+    assert torch.equal(model.generate(PROMPTS, cfg_scale=2.0, seed=3, use_cache=use_cache), image)
+
+
+@pytest.mark.parametrize("mode", ["off", "last"])
+def test_forced_scales_give_the_pre_split_sampler_outputs(mode):
+    model = _model(mode)
+    truth = model.tokenizer.tokenize(ToyShapes(PRESET.data, "test").batch(range(3))["image"]).indices
+    for n in (1, 3, len(truth)):
+        for use_cache in (True, False):
+            args = {"forced": truth[:n], "seed": 2, "use_cache": use_cache}
+            _same(model.sample_latent(PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
+
+
+def test_sampler_gives_the_pre_split_outputs_with_rope():
+    model = _model("last", position="rope")
+    for use_cache in (True, False):
+        args = {"cfg_scale": 2.0, "seed": 1, "use_cache": use_cache}
+        _same(model.sample_latent(PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
