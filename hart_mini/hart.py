@@ -7,15 +7,17 @@ Training (teacher forcing), as in HART's `HARTForT2I.forward` (github.com/mit-ha
                                                        model's own last-scale logits (or the truth)
     target = (f - f_hat_{<K} - e(r_K)) / residual_scale   the residual against the token actually chosen
 
-Sampling, as in HART's `autoregressive_infer_cfg`: the text prefix once, then for k = 1..K
+Sampling, as in HART's `autoregressive_infer_cfg` (`HART.sample_latent`, one loop): the text prefix once
+through the KV cache, then for k = 1..K, on one doubled batch [cond; uncond]
     logits_k = (1 + t_k) cond - t_k uncond,  t_k = cfg_scale * (k - 1) / (K - 1)      (linear ramp)
     r_k ~ top-k / top-p;   f_hat += phi_k(up(e(r_k)));   next input = area_down(f_hat, pn_{k+1})
-then the head draws the residual in `sampling_steps` steps (with the same guidance, shared noise) and the
-decoder reads the continuous latent f_hat + residual.
+then at the last scale the head draws d from z = norm(h_K + word_embed(e(r_K))) in `sampling_steps` steps
+(the same guidance, shared noise), and the decoder reads the continuous latent f_hat_{<K} + e(r_K) + d.
 
 head.mode selects the ablations of notebook 09: off (discrete only), last (HART), full (MAR-style: the head
 draws the whole last-scale latent from h alone), early (the head corrects every scale; its output feeds
-the next scale's input).
+the next scale's input). The modes 'full' and 'early', and the no-cache reference the KV cache is tested
+against, sample in hart_mini/sampling_variants.py, outside the main loop.
 """
 
 from __future__ import annotations
@@ -76,11 +78,21 @@ def caption_dropout(n: int, rate: float, device: torch.device) -> torch.Tensor:
     return torch.rand(n, device=device) < rate
 
 
+def guidance_scale(cfg_scale: float, k: int, K: int) -> float:
+    """t_k = cfg_scale * k / (K - 1): the linear ramp, from 0 at the 1x1 scale to cfg_scale at the last."""
+    return cfg_scale * k / max(K - 1, 1)
+
+
 def guide(logits: torch.Tensor, k: int, K: int, cfg_scale: float) -> torch.Tensor:
-    """Classifier-free guidance on a doubled batch [cond; uncond], ramped linearly over scales."""
+    """Classifier-free guidance on a doubled batch [cond; uncond]: (1 + t_k) cond - t_k uncond."""
     cond, uncond = logits.chunk(2)
-    t = cfg_scale * k / max(K - 1, 1)
+    t = guidance_scale(cfg_scale, k, K)
     return (1 + t) * cond - t * uncond
+
+
+def both_branches(x: torch.Tensor, guided: bool) -> torch.Tensor:
+    """With guidance the batch is [cond; uncond], and both halves read the same x: (B, ...) -> (2B, ...)."""
+    return torch.cat([x, x]) if guided else x
 
 
 def last_kept_count(cfg: HeadConfig, n: int, u: torch.Tensor) -> int:
@@ -244,15 +256,32 @@ class HART(nn.Module):
         logs["diff"] = diff.detach()
         return ce + self.head_cfg.loss_weight * diff, logs
 
-    # --- sampling ---
+    # --- sampling: the text once, then scale by scale against the KV cache, then the head at the last scale ---
+
+    def text_batch(self, prompts: list[str], guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids, mask (B', T) and drop (B',): the prompts, and with guidance the same prompts again with their
+        captions dropped (the unconditional branch), one doubled batch [cond; uncond], B' = 2B."""
+        ids, mask = self.encode_text(list(prompts))
+        B = ids.shape[0]
+        if guided:
+            ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+        drop = torch.arange(ids.shape[0], device=ids.device) >= B  # (B',) True on the second half
+        return ids, mask, drop
+
+    def draw_tokens(self, logits: torch.Tensor, k: int, cfg_scale: float, top_k: int, top_p: float,
+                    generator: torch.Generator) -> torch.Tensor:
+        """Scale k's logits (B', n, V) -> token indices r_k (B, n): guided (if cfg_scale > 0), filtered, drawn."""
+        final = guide(logits, k, self.K, cfg_scale) if cfg_scale > 0 else logits
+        return sample(final, top_k, top_p, generator)
 
     def _head_sample(self, z: torch.Tensor, t_cfg: float, guided: bool, sampling_steps: int,
                      generator: torch.Generator) -> torch.Tensor:
-        """Draw the head's output for every token of z (B or 2B, n, D) -> (B, n, C), unscaled.
-        With guidance, cond and uncond halves share the noise: out = (1 + t) cond - t uncond."""
+        """Draw the head's output for every token of z (B', n, D) -> (B, n, C), in latent units.
+        With guidance, cond and uncond halves share the noise x_t: out = (1 + t) cond - t uncond.
+        (Notebook 10's profiler times the head through this method's name.)"""
         B = z.shape[0] // 2 if guided else z.shape[0]
         n, C = z.shape[1], self.tokenizer.cfg.latent_channels
-        zf = z.flatten(0, 1)
+        zf = z.flatten(0, 1)  # (B' n, D): the head sees one token at a time
 
         def model(x, t):
             if not guided:
@@ -262,18 +291,10 @@ class HART(nn.Module):
 
         x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
                               self.head_cfg.sampler, generator, z.device)
-        return x0.view(B, n, C) * self.residual_scale
+        return x0.view(B, n, C) * self.residual_scale  # the head works on residuals / residual_scale
 
-    @torch.no_grad()
-    def sample_latent(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
-                      sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
-                      use_head: bool = True, forced: list[torch.Tensor] | None = None) -> dict:
-        """Sample the K token maps (and the head's output). Returns indices (K x (B, pn, pn)), f_hat (the
-        discrete latent), latent (what the decoder reads), path ('discrete' or 'continuous'), the raw
-        conditional logits of each scale and the last scale's hidden states h (B, pn_K^2, D).
-
-        forced: token maps (B, pn_k, pn_k) for the first len(forced) scales, used instead of sampling them
-        (the diagnostic "force the true coarse tokens, let the model draw the rest", hart_mini.diagnose)."""
+    def _sampling_inputs(self, prompts, cfg_scale, top_k, top_p, sampling_steps, forced) -> tuple[int, list]:
+        """Check every knob; returns the head's step count and the forced token maps (a list)."""
         check_sampling(cfg_scale, top_k, top_p)
         steps = self.head_cfg.sampling_steps if sampling_steps is None else sampling_steps
         require(isinstance(steps, int) and steps >= 1, "sampling_steps", steps, "an integer >= 1")
@@ -284,58 +305,51 @@ class HART(nn.Module):
         for k, given in enumerate(forced):
             require(tuple(given.shape) == (len(prompts), self.scales[k], self.scales[k]), f"forced[{k}].shape",
                     tuple(given.shape), f"(B, pn, pn) = ({len(prompts)}, {self.scales[k]}, {self.scales[k]})")
-        self.eval()
-        q, K = self.tokenizer.quantizer, self.K
+        return steps, forced
+
+    @torch.no_grad()
+    def sample_latent(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
+                      sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
+                      use_head: bool = True, forced: list[torch.Tensor] | None = None) -> dict:
+        """Sample the K token maps, then the head's residual. Returns indices (K x (B, pn, pn)), f_hat (the
+        discrete latent), latent (what the decoder reads), path ('discrete' or 'continuous'), the raw
+        conditional logits of each scale and the last scale's hidden states h (B, pn_K^2, D).
+
+        forced: token maps (B, pn_k, pn_k) for the first len(forced) scales, used instead of sampling them
+        (the diagnostic "force the true coarse tokens, let the model draw the rest", hart_mini.diagnose).
+        use_cache=False, and the ablation head modes 'full' and 'early', run hart_mini.sampling_variants."""
+        steps, forced = self._sampling_inputs(prompts, cfg_scale, top_k, top_p, sampling_steps, forced)
         head = use_head and self.mode != "off"
-        ids, mask = self.encode_text(list(prompts))
-        B, device = len(prompts), ids.device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        guided = cfg_scale > 0
-        if guided:  # one doubled batch: [cond; uncond]
-            ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
-        drop = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-        drop[B:] = True
+        if not use_cache or (head and self.mode in ("full", "early")):
+            from hart_mini.sampling_variants import sample_latent_variant  # imported here: it imports this module
+
+            return sample_latent_variant(self, prompts, cfg_scale, top_k, top_p, steps, seed, use_cache, head, forced)
+        self.eval()
+        q, K, B, guided = self.tokenizer.quantizer, self.K, len(prompts), cfg_scale > 0
+        ids, mask, drop = self.text_batch(prompts, guided)
+        generator = torch.Generator(device=ids.device).manual_seed(seed)
+        logits, h, cache, cond = self.transformer.start(ids, mask, drop)  # the last text position predicts 1x1
         C, size = self.tokenizer.cfg.latent_channels, self.scales[-1]
-        f_hat = torch.zeros(B, C, size, size, device=device)  # the discrete latent
-        latent = torch.zeros_like(f_hat)  # what feeds the next scale (differs only in diffusion-early)
-        indices, raw_logits, inputs_so_far = [], [], []
+        f_hat = torch.zeros(B, C, size, size, device=ids.device)  # the discrete latent so far
+        indices, raw_logits = [], []
         for k, pn in enumerate(self.scales):
-            if k == 0 and use_cache:
-                logits, hidden, cache, cond = self.transformer.start(ids, mask, drop)
-            elif use_cache:
-                x = map_to_tokens(q.next_input(latent, k - 1))  # (B, pn^2, C)
-                logits, hidden = self.transformer.step(x.repeat(2, 1, 1) if guided else x, k, cache, cond)
-            else:  # one full masked pass over everything so far (the KV cache's reference)
-                if k > 0:
-                    inputs_so_far.append(map_to_tokens(q.next_input(latent, k - 1)))
-                x = torch.cat(inputs_so_far, 1) if inputs_so_far else f_hat.new_zeros(B, 0, C)
-                logits, hidden = self.transformer(ids, mask, x.repeat(2, 1, 1) if guided else x, drop)
-                start = self.transformer.starts[k]
-                logits, hidden = logits[:, start:], hidden[:, start:]
+            if k > 0:  # scale k reads f_hat so far, area-downsampled to pn_k
+                x = map_to_tokens(q.next_input(f_hat, k - 1))  # (B, pn^2, C)
+                logits, h = self.transformer.step(both_branches(x, guided), k, cache, cond)  # (B', pn^2, V|D)
             raw_logits.append(logits[:B])
-            t_k = cfg_scale * k / max(K - 1, 1)
-            last = k == K - 1
-            if head and self.mode == "full" and last:  # MAR-style: the head draws the whole last scale
-                part = self._head_sample(self.condition(hidden, None), t_k, guided, steps, generator)
-                latent = latent + tokens_to_map(part, pn)
-                indices.append(None)
-                continue
             if k < len(forced):
-                idx = forced[k].to(device).flatten(1)  # (B, pn^2), given instead of drawn
+                r = forced[k].to(ids.device).flatten(1)  # (B, pn^2), given instead of drawn
             else:
-                final = guide(logits, k, K, cfg_scale) if guided else logits
-                idx = sample(final, top_k, top_p, generator)  # (B, pn^2)
-            indices.append(idx.view(B, pn, pn))
-            f_hat = f_hat + q.contribution(idx.view(B, pn, pn), k)
-            code = q.codebook(idx)  # (B, pn^2, C)
-            if head and (self.mode == "early" or (self.mode == "last" and last)):
-                chosen = idx.repeat(2, 1) if guided else idx
-                d = self._head_sample(self.condition(hidden, chosen), t_k, guided, steps, generator)
-                code = code + d
-            latent = latent + q.lift(tokens_to_map(code, pn), k)
-        path = "continuous" if head else "discrete"
-        return {"indices": indices, "f_hat": f_hat, "latent": latent if head else f_hat, "path": path,
-                "logits": raw_logits, "h": hidden[:B]}
+                r = self.draw_tokens(logits, k, cfg_scale, top_k, top_p, generator)  # (B, pn^2)
+            indices.append(r.view(B, pn, pn))
+            f_before, f_hat = f_hat, f_hat + q.contribution(r.view(B, pn, pn), k)  # f_hat += phi_k(up(e(r_k)))
+        latent = f_hat
+        if head:  # the last scale (no phi) turns continuous: f_hat_{<K} + (e(r_K) + d), d drawn by the head
+            z = self.condition(h, both_branches(r, guided))  # norm(h + word_embed(e(r_K))), (B', pn^2, D)
+            d = self._head_sample(z, guidance_scale(cfg_scale, K - 1, K), guided, steps, generator)  # (B, pn^2, C)
+            latent = f_before + tokens_to_map(q.codebook(r) + d, pn)
+        return {"indices": indices, "f_hat": f_hat, "latent": latent, "path": "continuous" if head else "discrete",
+                "logits": raw_logits, "h": h[:B]}
 
     @torch.no_grad()
     def generate(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
