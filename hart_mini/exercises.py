@@ -184,14 +184,47 @@ def _(tokenizer, tokens, noise, images):
 # --- 05 next-scale transformer ------------------------------------------------------------------------
 
 
-@exercise("05.1", "top-k filtered logits", how="exact")
+@exercise("05.1", "block-causal mask", how="exact")
+def _(level, key_valid):
+    from hart_mini.transformer import block_causal_mask
+
+    return block_causal_mask(level, key_valid)
+
+
+@exercise("05.2", "multi-head attention with the block-causal mask (vs the package's Attention)")
+@torch.no_grad()
+def _(state, num_heads, x, level, key_valid):
+    from hart_mini.transformer import Attention, block_causal_mask
+
+    attention = Attention(x.shape[-1], num_heads)
+    attention.load_state_dict(state)  # the same weights as the answer's module
+    return attention(x, block_causal_mask(level, key_valid)[:, None])
+
+
+def _loss_logs(model, images, captions, seed: int) -> dict:
+    """HART.loss's logs for a fixed batch and seed, in eval mode (every last-scale token scored)."""
+    was = model.training
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the caption dropout draw (then the head's draws) come from this seed
+        _, logs = model.eval().loss(images, captions)
+    model.train(was)
+    return logs
+
+
+@exercise("05.3", "teacher-forced next-scale cross-entropy (vs HART.loss)")
+@torch.no_grad()
+def _(model, images, captions, seed=0):
+    return float(_loss_logs(model, images, captions, seed)["ce"])
+
+
+@exercise("05.4", "top-k filtered logits", how="exact")
 def _(logits, ks):
     from hart_mini.hart import filter_logits
 
     return torch.stack([filter_logits(logits, k, 1.0) for k in ks])
 
 
-@exercise("05.2", "guidance t_k at every scale")
+@exercise("05.5", "guidance t_k at every scale")
 def _(cfg_scale, K):
     from hart_mini.hart import guide
 
@@ -199,7 +232,7 @@ def _(cfg_scale, K):
     return [float(guide(one_zero, k, K, cfg_scale)[0, 0]) - 1 for k in range(K)]
 
 
-@exercise("05.3", "positions the transformer runs, without and with guidance", how="exact")
+@exercise("05.6", "positions the transformer runs, without and with guidance", how="exact")
 def _(scales, text_len):
     one = text_len + _tokens(scales) - 1  # the text, then L - 1 inputs: the last text position predicts 1x1
     return {"without": one, "with": 2 * one}
@@ -247,6 +280,12 @@ def _(sampling_steps, last_scales, guidance=True):
 # --- 08 HART end to end -------------------------------------------------------------------------------
 
 
+@exercise("08.1", "images from your sampling loop, bit for bit (vs HART.generate)", how="exact")
+@torch.no_grad()
+def _(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0):
+    return hart.generate(prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed)
+
+
 def _parsed(caption: str) -> list[int]:
     """A caption -> (shape, colour, size, texture) of each object, then the relation (-1 for none)."""
     from hart_mini.data import parse_caption
@@ -255,7 +294,7 @@ def _parsed(caption: str) -> list[int]:
     return [v for o in p["objects"] for v in o] + [-1 if p["relation"] is None else p["relation"]]
 
 
-@exercise("08.1", "the prompt's objects and relation", how="exact", prepare=_parsed)
+@exercise("08.2", "the prompt's objects and relation", how="exact", prepare=_parsed)
 def _():
     from hart_mini.data import COLOUR_NAMES, RELATIONS, SHAPES, SIZES, TEXTURES
 
@@ -264,14 +303,14 @@ def _():
     return [*first, *second, RELATIONS.index("below")]
 
 
-@exercise("08.2", "RMS of the residual the head drew", atol=1e-6)
+@exercise("08.3", "RMS of the residual the head drew", atol=1e-6)
 @torch.no_grad()
 def _(hart, prompts, seed=1):
     out = hart.sample_latent(prompts, seed=seed)
     return float((out["latent"] - out["f_hat"]).pow(2).mean().sqrt())  # latent = f_hat + the head's residual
 
 
-@exercise("08.3", "mean |pixel difference|: the head, another seed", atol=1e-6)
+@exercise("08.4", "mean |pixel difference|: the head, another seed", atol=1e-6)
 @torch.no_grad()
 def _(hart, prompts, seed=1, other_seed=2):
     discrete = hart.generate(prompts, seed=seed, use_head=False)
@@ -344,3 +383,60 @@ def _(model, preset, batch_size):
     params = model.parameter_counts()["transformer"]
     tokens = (preset.transformer.text_len + preset.tokenizer.num_tokens - 1) * batch_size  # text + L - 1 inputs
     return 6 * params * tokens
+
+
+# --- 12 capstone --------------------------------------------------------------------------------------
+
+
+def _tokens_and_f_hat(answer) -> dict:
+    """(indices: K maps (B, pn, pn), f_hat) -> {'tokens': (B, L), 'f_hat'}: one sequence, whatever the scales."""
+    indices, f_hat = answer
+    return {"tokens": torch.cat([i.flatten(1) for i in indices], 1), "f_hat": f_hat}
+
+
+@exercise("12.1", "multi-scale residual VQ: tokens and f_hat (vs the package's quantizer)", prepare=_tokens_and_f_hat)
+@torch.no_grad()
+def _(f, quantizer):
+    indices, f_hat, _, _ = quantizer.quantize(f)
+    return _tokens_and_f_hat((indices, f_hat))
+
+
+@exercise("12.2", "attention in one pass and through the KV cache (vs the package's Attention)")
+@torch.no_grad()
+def _(state, num_heads, x, attend, rope, split):
+    from hart_mini.transformer import Attention, LayerCache
+
+    attention = Attention(x.shape[-1], num_heads)
+    attention.load_state_dict(state)
+    cache = LayerCache()  # positions [0, split) first, then the rest against their cached keys and values
+    first = attention(x[:, :split], attend[..., :split, :split], rope[:split], cache)
+    then = attention(x[:, split:], attend[..., split:, :], rope[split:], cache)
+    return {"one pass": attention(x, attend, rope), "cached": torch.cat([first, then], 1)}
+
+
+@exercise("12.3", "HART's loss, cross-entropy and diffusion terms (vs HART.loss, same seed)")
+@torch.no_grad()
+def _(model, images, captions, seed=0):
+    logs = _loss_logs(model, images, captions, seed)
+    return {"ce": float(logs["ce"]), "diff": float(logs["diff"])}
+
+
+@exercise("12.4", "images from your sampling loop, bit for bit (vs HART.generate)", how="exact")
+@torch.no_grad()
+def _(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0):
+    return hart.generate(prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed)
+
+
+@exercise("12.5", "prompt accuracy of each model")
+@torch.no_grad()
+def _(models, judge, prompts, seed=0):
+    from hart_mini.judge import prompt_accuracy
+
+    return {name: prompt_accuracy(judge, model.generate(prompts, seed=seed) * 2 - 1, prompts)["prompt_accuracy"]
+            for name, model in models.items()}
+
+
+@exercise("12.6", "held-out token cross-entropy of each model")
+@torch.no_grad()
+def _(models, images, captions, seed=0):
+    return {name: float(_loss_logs(model, images, captions, seed)["ce"]) for name, model in models.items()}

@@ -6,6 +6,7 @@ For each exercise in `hart_mini.exercises`, CASES builds what the notebook gives
 plausible wrong answers (an off-by-one, a missing factor, the wrong slot, a sign-only guess).
 """
 
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from hart_mini.exercises import EXERCISES
 from hart_mini.hart import HART
 from hart_mini.text import CaptionTokenizer
 from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.transformer import Attention, apply_rope
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 SMOKE = get_preset("smoke")
@@ -253,7 +255,109 @@ def case_04_3():
             [answer(tokens.residual.std()), answer(1.0)])
 
 
+def _levels_and_padding():
+    """17 positions: 4 text tokens (then scales 2x2, 3x3); the first caption has 1 pad, the second 2."""
+    level = torch.tensor([0] * 4 + [1] * 4 + [2] * 9)
+    key_valid = torch.ones(2, 17, dtype=torch.bool)
+    key_valid[0, :1], key_valid[1, :2] = False, False
+    return level, key_valid
+
+
+def _mask(level, key_valid, rule=lambda q, k: q >= k, padding=True):
+    allowed = rule(level[None, :, None], level[None, None, :])  # (1, N, N)
+    return allowed & key_valid[:, None, :] if padding else allowed.expand(len(key_valid), -1, -1)
+
+
 def case_05_1():
+    level, key_valid = _levels_and_padding()
+    given = {"level": level, "key_valid": key_valid}
+    return given, _mask(level, key_valid), [_mask(level, key_valid, lambda q, k: q <= k),
+                                           _mask(level, key_valid, padding=False),
+                                           _mask(level, key_valid, lambda q, k: q > k)]
+
+
+def _by_hand_attention(module, x, attend, rope=None, cache=None, scale=True, layout="qkv-heads"):
+    """Multi-head attention written out; the keyword arguments make the plausible mistakes."""
+    B, N, D = x.shape
+    H = module.num_heads
+    d = D // H
+    qkv = module.qkv(x)
+    if layout == "qkv-heads":
+        q, k, v = qkv.view(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # (B, H, N, d) each
+    else:  # heads first: splits the wrong columns
+        q, k, v = qkv.view(B, N, H, 3, d).permute(3, 0, 2, 1, 4)
+    if rope is not None:
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+    if cache is not None:
+        k, v = cache.extend(k, v)
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(d) if scale else 1.0)
+    out = scores.masked_fill(~attend, float("-inf")).softmax(-1) @ v
+    return module.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+def case_05_2():
+    level, key_valid = _levels_and_padding()
+    torch.manual_seed(0)
+    module, x = Attention(16, 2), torch.randn(2, 17, 16)
+    given = {"state": module.state_dict(), "num_heads": 2, "x": x, "level": level, "key_valid": key_valid}
+    with torch.no_grad():
+        right = _by_hand_attention(module, x, _mask(level, key_valid)[:, None])
+        wrong = [_by_hand_attention(module, x, _mask(level, key_valid)[:, None], scale=False),
+                 _by_hand_attention(module, x, _mask(level, key_valid)[:, None], layout="heads-qkv"),
+                 _by_hand_attention(module, x, _mask(level, key_valid, lambda q, k: q <= k)[:, None]),
+                 _by_hand_attention(module, x, _mask(level, key_valid, padding=False)[:, None])]
+    return given, right, wrong
+
+
+def _gates_open(model):
+    with torch.no_grad():  # AdaLN-Zero starts every block as the identity: open the gates and the head
+        for name, p in model.named_parameters():
+            if "modulation" in name or name.startswith("head."):
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+def _by_hand_ce(model, images, captions, weighted=True, cumulative=True, dropout=True, with_logits=False):
+    """The teacher-forced next-scale cross-entropy written out; the keyword arguments make the mistakes."""
+    q, scales = model.tokenizer.quantizer, model.scales
+    with torch.no_grad():
+        tokens = model.tokenizer.tokenize(images)
+        f_hat, inputs = torch.zeros_like(tokens.f), []
+        for k in range(len(scales) - 1):
+            part = q.contribution(tokens.indices[k], k)
+            f_hat = f_hat + part if cumulative else part
+            inputs.append(F.interpolate(f_hat, size=(scales[k + 1],) * 2, mode="area").flatten(2).transpose(1, 2))
+    ids, mask = model.encode_text(captions)
+    drop = torch.rand(len(captions)) < model.cfg.cond_dropout
+    logits, h = model.transformer(ids, mask, torch.cat(inputs, 1), drop if dropout else torch.zeros_like(drop))
+    ce = F.cross_entropy(logits.transpose(1, 2), tokens.sequence, reduction="none")  # (B, L)
+    sizes = torch.cat([torch.full((p * p,), float(p * p)) for p in scales])
+    weights = sizes.pow(-model.cfg.scale_balance) if weighted else torch.ones_like(sizes)
+    ce = (ce * weights / weights.mean()).mean()
+    return (ce, logits, h, tokens, f_hat) if with_logits else ce
+
+
+def _loss_model(mode="off"):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMOKE.transformer, scale_balance=0.5, cond_dropout=0.5)  # weights and drops matter
+    model = HART(cfg, _tokenizer(), CaptionTokenizer.toyshapes(), dataclasses.replace(SMOKE.head, mode=mode))
+    model.measure_residual_scale(_images(8, "val"))
+    return _gates_open(model)
+
+
+def case_05_3():
+    model, batch = _loss_model(), ToyShapes(SMOKE.data, split="val").batch(range(8))
+    given = {"model": model, "images": batch["image"], "captions": batch["caption"], "seed": 0}
+
+    def ce(**mistake):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(_by_hand_ce(model, batch["image"], batch["caption"], **mistake))
+
+    return given, ce(), [ce(weighted=False), ce(cumulative=False), ce(dropout=False)]
+
+
+def case_05_4():
     logits = torch.randn(2, 3, 50, generator=torch.Generator().manual_seed(0))
     ks = (1, 5, 50)
 
@@ -265,13 +369,13 @@ def case_05_1():
     return {"logits": logits, "ks": ks}, right, [torch.stack([top_k(k, True) for k in ks])]
 
 
-def case_05_2():
+def case_05_5():
     K = 6
     return ({"cfg_scale": 3.0, "K": K}, [3.0 * k / (K - 1) for k in range(K)],
             [[3.0 * k / K for k in range(K)], [3.0 * (k + 1) / K for k in range(K)]])
 
 
-def case_05_3():
+def case_05_6():
     L = sum(p * p for p in SCALES_64)
     return ({"scales": SCALES_64, "text_len": 16}, {"without": 16 + L - 1, "with": 2 * (16 + L - 1)},
             [{"without": 16 + L, "with": 2 * (16 + L)}, {"without": 16 + L - 1, "with": 16 + L - 1}])
@@ -326,14 +430,70 @@ def case_07_3():
             [[8 * 64, 8 * 64 * 64], [8 * 2 * 8, 8 * 2 * 64]])
 
 
+@torch.no_grad()
+def _by_hand_generate(hart, prompts, cfg_scale, top_k, top_p, seed, ramp=True, head_guidance=True,
+                      continuous_last=True, filtered=True):
+    """The sampling loop written out; the keyword arguments make the plausible mistakes."""
+    from hart_mini.diffusion import sample as diffusion_sample
+    from hart_mini.hart import filter_logits, map_to_tokens, tokens_to_map
+
+    q, tf, K, B = hart.tokenizer.quantizer, hart.transformer, hart.K, len(prompts)
+    g = torch.Generator().manual_seed(seed)
+    ids, mask = hart.encode_text(prompts)
+    ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+    drop = torch.arange(2 * B) >= B
+    logits, h, cache, cond = tf.start(ids, mask, drop)
+    C = hart.tokenizer.cfg.latent_channels
+    f_hat = torch.zeros(B, C, hart.scales[-1], hart.scales[-1])
+    for k, pn in enumerate(hart.scales):
+        if k > 0:
+            x = map_to_tokens(q.next_input(f_hat, k - 1))
+            logits, h = tf.step(torch.cat([x, x]), k, cache, cond)
+        t = cfg_scale * k / (K - 1) if ramp else cfg_scale
+        c, u = logits.chunk(2)
+        guided = filter_logits((1 + t) * c - t * u, top_k, top_p) if filtered else (1 + t) * c - t * u
+        r = torch.multinomial(guided.softmax(-1).flatten(0, 1), 1, generator=g).view(B, pn * pn)
+        if k < K - 1:
+            f_hat = f_hat + q.contribution(r.view(B, pn, pn), k)
+    e = q.codebook(r)
+    z = hart.cond_norm(h + tf.word_embed(q.codebook(torch.cat([r, r])))).flatten(0, 1)
+
+    def head(x, t_):
+        if not head_guidance:
+            return hart.head(x, t_, z[: len(x)])
+        c, u = hart.head(torch.cat([x, x]), torch.cat([t_, t_]), z).chunk(2)
+        return (1 + t) * c - t * u
+
+    d = diffusion_sample(head, (B * pn * pn, C), hart.schedule, hart.head_cfg.sampling_steps,
+                         hart.head_cfg.prediction, hart.head_cfg.sampler, g)
+    d = d.view(B, pn * pn, C) * hart.residual_scale
+    if continuous_last:  # f_hat_{<K} + (e(r_K) + d)
+        latent = f_hat + tokens_to_map(e + d, pn)
+    else:  # (f_hat_{<K} + e(r_K)) + d: the same sum, rounded differently
+        latent = (f_hat + tokens_to_map(e, pn)) + tokens_to_map(d, pn)
+    return hart.tokenizer.decode(latent, "continuous").clamp(-1, 1).add(1).div(2)
+
+
+def _sampling_case():
+    hart, prompts = _hart(), ["a large red striped circle at the top left", "a small blue square at the center"]
+    knobs = {"cfg_scale": 3.0, "top_k": 20, "top_p": 0.9, "seed": 1}
+    draw = lambda **mistake: _by_hand_generate(hart, prompts, **knobs, **mistake)
+    return ({"hart": hart, "prompts": prompts, **knobs}, draw(),
+            [draw(ramp=False), draw(head_guidance=False), draw(continuous_last=False), draw(filtered=False)])
+
+
 def case_08_1():
+    return _sampling_case()
+
+
+def case_08_2():
     right = "a small green dotted square below a large purple triangle"
     swapped = "a large purple triangle below a small green dotted square"
     above = "a small green dotted square above a large purple triangle"
     return {}, right, [swapped, above, "a small green dotted square at the bottom"]
 
 
-def case_08_2():
+def case_08_3():
     hart, prompts = _hart(), ["a large red striped circle at the top left", "a small blue square at the center"]
     with torch.no_grad():
         out = hart.sample_latent(prompts, seed=1)
@@ -342,7 +502,7 @@ def case_08_2():
             [float(out["latent"].pow(2).mean().sqrt()), float(drawn.abs().mean())])
 
 
-def case_08_3():
+def case_08_4():
     hart, prompts = _hart(), ["a large red striped circle at the top left", "a small blue square at the center"]
     with torch.no_grad():
         discrete = hart.generate(prompts, seed=1, use_head=False)
@@ -422,6 +582,121 @@ def case_11_3():
             [6 * params * L * B, 2 * params * (T + L - 1) * B])
 
 
+def case_12_1():
+    tokenizer = _tokenizer()
+    q = tokenizer.quantizer
+    with torch.no_grad():
+        f = tokenizer.encode(_images(3))
+
+    def quantize(residual=True, phi=True):
+        cb, rest, f_hat, indices = q.codebook.weight, f, torch.zeros_like(f), []
+        for k, pn in enumerate(q.scales):
+            target = F.interpolate(rest if residual else f, size=(pn, pn), mode="area")
+            B, C = target.shape[:2]
+            v = target.permute(0, 2, 3, 1).reshape(-1, C)
+            idx = torch.cdist(v, cb).argmin(1).view(B, pn, pn)
+            e = cb[idx].permute(0, 3, 1, 2)
+            part = q.lift(e, k) if phi else F.interpolate(e, size=f.shape[-2:], mode="bicubic")
+            f_hat, rest = f_hat + part, rest - part
+            indices.append(idx)
+        return indices, f_hat
+
+    with torch.no_grad():
+        return {"f": f, "quantizer": q}, quantize(), [quantize(residual=False), quantize(phi=False)]
+
+
+def case_12_2():
+    from hart_mini.transformer import LayerCache, rope_angles
+
+    level, key_valid = _levels_and_padding()
+    torch.manual_seed(0)
+    module, x = Attention(16, 2), torch.randn(2, 17, 16)
+    attend = _mask(level, key_valid)[:, None]
+    rope = rope_angles(torch.rand(17, 2) * 8, 8)
+    given = {"state": module.state_dict(), "num_heads": 2, "x": x, "attend": attend, "rope": rope, "split": 8}
+
+    def answer(rope_on=True, cached=True):
+        r = rope if rope_on else None
+        cache = LayerCache() if cached else None
+        first = _by_hand_attention(module, x[:, :8], attend[..., :8, :8], r if r is None else r[:8], cache)
+        then = _by_hand_attention(module, x[:, 8:], attend[..., 8:, :] if cached else attend[..., 8:, 8:],
+                                  r if r is None else r[8:], cache)
+        return {"one pass": _by_hand_attention(module, x, attend, r), "cached": torch.cat([first, then], 1)}
+
+    with torch.no_grad():
+        return given, answer(), [answer(rope_on=False), answer(cached=False)]
+
+
+def _by_hand_hart_loss(model, images, captions, sampled=True, against="chosen"):
+    from hart_mini.diffusion import diffusion_loss
+    from hart_mini.hart import map_to_tokens, sample
+
+    q = model.tokenizer.quantizer
+    ce, logits, h, tokens, f_hat_before_last = _by_hand_ce(model, images, captions, with_logits=True)
+    last = model.transformer.starts[-2]
+    truth = tokens.indices[-1].flatten(1)
+    r = sample(logits[:, last:].detach(), 0, 1.0, None) if sampled else truth
+    z = model.cond_norm(h[:, last:] + model.transformer.word_embed(q.codebook(r)))
+    rest = map_to_tokens(tokens.f - f_hat_before_last)  # what scales 1..K-1 left
+    target = rest - q.codebook(r if against == "chosen" else truth)
+    diff = diffusion_loss(model.head, (target / model.residual_scale).flatten(0, 1), z.flatten(0, 1),
+                          model.schedule, model.head_cfg.prediction, model.head_cfg.batch_mul)
+    return {"ce": float(ce), "diff": float(diff)}
+
+
+def case_12_3():
+    model, batch = _loss_model("last"), ToyShapes(SMOKE.data, split="val").batch(range(8))
+    given = {"model": model, "images": batch["image"], "captions": batch["caption"], "seed": 0}
+
+    def loss(**mistake):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return _by_hand_hart_loss(model, batch["image"], batch["caption"], **mistake)
+
+    return given, loss(), [loss(sampled=False), loss(against="truth")]
+
+
+def case_12_4():
+    return _sampling_case()
+
+
+def _two_models():
+    from hart_mini import pretrained
+
+    return {"yours": _hart(), "shipped": pretrained.load("hart", "cpu")}
+
+
+def case_12_5():
+    from hart_mini import pretrained
+    from hart_mini.judge import prompt_accuracy
+
+    models, judge = _two_models(), pretrained.load("judge", "cpu")
+    prompts = ToyShapes(get_preset("cpu").data, split="test").batch(range(24))["caption"]
+    with torch.no_grad():
+        scores = {name: prompt_accuracy(judge, m.generate(prompts, seed=0) * 2 - 1, prompts)
+                  for name, m in models.items()}
+    right = {name: s["prompt_accuracy"] for name, s in scores.items()}
+    return ({"models": models, "judge": judge, "prompts": prompts, "seed": 0}, right,
+            [{"yours": right["shipped"], "shipped": right["yours"]}, {n: 1 - v for n, v in right.items()},
+             {n: s["acc_colour"] for n, s in scores.items()}])
+
+
+def case_12_6():
+    models = _two_models()
+    batch = ToyShapes(get_preset("cpu").data, split="test").batch(range(8))
+
+    def ce(model, seed=0, split_batch=batch):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return float(_by_hand_ce(model, split_batch["image"], split_batch["caption"]))
+
+    right = {name: ce(m) for name, m in models.items()}
+    train = ToyShapes(get_preset("cpu").data, split="train").batch(range(8))
+    return ({"models": models, "images": batch["image"], "captions": batch["caption"], "seed": 0}, right,
+            [{name: ce(m, split_batch=train) for name, m in models.items()},
+             {"yours": right["shipped"], "shipped": right["yours"]}])
+
+
 CASES = {name[len("case_"):].replace("_", "."): fn for name, fn in globals().items() if name.startswith("case_")}
 
 
@@ -459,9 +734,9 @@ def test_failure_messages_say_how_far_off_not_what_was_expected(capsys):
 
 def test_a_dict_answer_must_have_every_key():
     with pytest.raises(CheckFailed, match="missing"):
-        check_answer("05.3", {"without": 695}, scales=SCALES_64, text_len=16)
+        check_answer("05.6", {"without": 695}, scales=SCALES_64, text_len=16)
     with pytest.raises(CheckFailed, match="should be a dict"):
-        check_answer("05.3", [695, 1390], scales=SCALES_64, text_len=16)
+        check_answer("05.6", [695, 1390], scales=SCALES_64, text_len=16)
 
 
 def _exercises_in(path):
