@@ -22,7 +22,7 @@ from hart_mini.diffusion import CosineSchedule, sample, timestep_embedding
 from hart_mini.hart import caption_dropout, check_sampling
 from hart_mini.text import CaptionTokenizer, TextEncoder, text_condition
 from hart_mini.tokenizer import HybridTokenizer
-from hart_mini.transformer import Block, NextScaleTransformer, grid_embedding
+from hart_mini.transformer import Block
 
 
 class LatentDiffusion(nn.Module):
@@ -39,10 +39,9 @@ class LatentDiffusion(nn.Module):
         self.text_proj = nn.Linear(D, D)
         self.time_embed = nn.Sequential(nn.Linear(64, D), nn.SiLU(), nn.Linear(D, D))
         self.in_proj = nn.Linear(C, D)
+        # A learned vector per latent position. (HART's coarse 'grid' features are not needed here: every
+        # token's input is its own noisy latent vector, and this baseline places objects right already.)
         self.pos_embed = nn.Parameter(torch.randn(h * h, D) * 0.02)
-        # position 'grid' (or 'rope', which a DiT block does not take): DiT's fixed 2-D sin/cos features too
-        grid = grid_embedding(NextScaleTransformer._grid(h, h), h, D) if cfg.position != "absolute" else None
-        self.register_buffer("grid", torch.zeros(h * h, D) if grid is None else grid, persistent=False)
         self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True) for _ in range(cfg.depth))
         self.out_norm = nn.LayerNorm(D, elementwise_affine=False)
         self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
@@ -79,7 +78,7 @@ class LatentDiffusion(nn.Module):
         """x_t (B, C, h, w), t (B,), prefix = text_condition(...) -> v (B, C, h, w)."""
         text, valid, pooled = prefix
         B, C, h, _ = x_t.shape
-        x = self.in_proj(x_t.flatten(2).transpose(1, 2)) + self.pos_embed + self.grid  # (B, h*h, D)
+        x = self.in_proj(x_t.flatten(2).transpose(1, 2)) + self.pos_embed  # (B, h*h, D)
         x = torch.cat([text, x], dim=1)  # (B, T + h*h, D)
         keys = torch.cat([valid, valid.new_ones(B, h * h)], dim=1)
         attend = keys[:, None, None, :].expand(-1, 1, x.shape[1], -1)  # full attention, padding masked

@@ -116,10 +116,10 @@ class TransformerConfig:
     mlp_ratio: float = 4.0
     text_len: int = 16  # T: captions are left-padded to this many words
     text_depth: int = 2  # blocks of the text encoder
-    # absolute: a learned vector per image token (VAR); grid: fixed 2-D sin/cos features of the token's centre on
-    # the finest grid, the same for the cells of every scale that cover the same place, plus a learned vector;
-    # rope: 2-D rotary angles from those centres (HART's llama blocks)
-    position: str = "absolute"
+    # absolute: a learned vector per image token (VAR, initialised at std 0.02); grid: also fixed 2-D sin/cos
+    # features of each coarse token's centre on the finest grid (scales with pn <= finest / 2), similar for the
+    # cells of different scales that cover the same place; rope: 2-D rotary angles from those centres (HART)
+    position: str = "grid"
     cond_dropout: float = 0.1  # share of captions dropped in training, for classifier-free guidance
     # Cross-entropy weight of a token of scale k, proportional to (pn_k^2)^-scale_balance and normalised to a
     # mean of 1 over the L tokens: 0 weighs every token alike (VAR), 1 gives every scale the same total weight.

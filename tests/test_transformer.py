@@ -173,3 +173,17 @@ def test_grid_position_features_tell_coarse_cells_apart_and_match_fine_cells_at_
     nearest = torch.cdist(coarse, fine).argmin(1)  # the fine cell most like each coarse cell
     rows, cols = nearest // 8, nearest % 8
     assert ((rows < 4).tolist(), (cols < 4).tolist()) == ([True, True, False, False], [True, False, True, False])
+
+
+def test_grid_features_reach_only_the_coarse_scales_and_absolute_has_none():
+    from hart_mini.transformer import NextScaleTransformer
+
+    scales = (1, 2, 3, 4, 6, 8)
+    grid = NextScaleTransformer(TransformerConfig(width=32, num_heads=2, position="grid"), scales, 8, 16, 10).grid
+    starts = [sum(p * p for p in scales[:k]) for k in range(len(scales) + 1)]
+    per_scale = [grid[starts[k]:starts[k + 1]].abs().sum().item() for k in range(len(scales))]
+    assert all(v > 0 for v in per_scale[:4]) and per_scale[4:] == [0.0, 0.0]  # pn <= 8 / 2 only
+    two_by_two = grid[1:5]  # the four 2x2 inputs are one vector; these features tell them apart
+    assert torch.pdist(two_by_two).min() > 1.0
+    absolute = NextScaleTransformer(TransformerConfig(width=32, num_heads=2, position="absolute"), scales, 8, 16, 10)
+    assert torch.count_nonzero(absolute.grid) == 0
