@@ -7,6 +7,8 @@
     steps    the head's sampling steps: 1, 2, 4, 8, 16, 50
     decoder  one decoder trained alternately vs a decoder trained on continuous latents only (Fig. 7)
     cfg      classifier-free guidance scale sweep
+    position fixed 'grid' position features on the coarse scales vs VAR's learned vectors alone ('absolute'),
+             with each variant's per-scale caption sensitivity (hart_mini.diagnose)
 
 Noise. Every evaluation runs with several sampling seeds (`--seeds`): FD is the mean +- sd over them, each
 accuracy comes with its binomial SE. The ablations that train models (head, early, full) train every
@@ -33,8 +35,8 @@ from hart_mini import checkpoint, viz
 from hart_mini.bench import timed
 from hart_mini.evaluate import aggregate_training_seeds, evaluate_seeds, evaluate_tokenizer, held_out, noise, verdict
 
-ABLATIONS = ("head", "full", "early", "steps", "decoder", "cfg")
-TRAINED = ("head", "full", "early")
+ABLATIONS = ("head", "full", "early", "steps", "decoder", "cfg", "position")
+TRAINED = ("head", "full", "early", "position")
 STEPS = (1, 2, 4, 8, 16, 50)
 CFGS = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0)
 NOISE = ("error bars and verdicts: FD's spread is the larger of its sd over training seeds and its sd over "
@@ -67,25 +69,29 @@ class Context:
         self.bar.update(1)
         return {"label": label, **row}
 
-    def trained(self, mode: str, seed: int):
-        """A HART of the given head mode trained with the preset's budget and training seed `seed`, in
-        OUT/<mode>_seed<seed> (reused if there)."""
+    def trained(self, mode: str, seed: int, position: str | None = None):
+        """A HART of the given head mode (and transformer position scheme, default the preset's) trained with
+        the preset's budget and training seed `seed`, in OUT/<mode>[_<position>]_seed<seed> (reused if there)."""
         from hart_mini import train
         from hart_mini.hart import HART
 
-        if (mode, seed) not in self._models:
-            folder = self.out / f"{mode}_seed{seed}"
+        name = mode if position is None else f"{mode}_{position}"
+        if (name, seed) not in self._models:
+            folder = self.out / f"{name}_seed{seed}"
             file = folder / "hart.safetensors"
             # a run stopped early leaves its model, flagged unfinished: continue it
             done = file.exists() and checkpoint.load(file)[1].get("finished", True)
             if not done:
-                preset = dataclasses.replace(self.preset,
+                transformer = self.preset.transformer if position is None else dataclasses.replace(
+                    self.preset.transformer, position=position)
+                preset = dataclasses.replace(self.preset, transformer=transformer,
                                              hart_train=dataclasses.replace(self.preset.hart_train, seed=seed))
                 run = train.RunOptions(device=str(self.device), resume=True)
                 train.train_hart(preset, folder, self.tokenizer, run,
-                                 f"ablate: train_hart(mode={mode!r}, seed={seed})", mode)
-            self._models[mode, seed] = HART.from_file(file, self.device)
-        return self._models[mode, seed]
+                                 f"ablate: train_hart(mode={mode!r}, position={transformer.position!r}, "
+                                 f"seed={seed})", mode)
+            self._models[name, seed] = HART.from_file(file, self.device)
+        return self._models[name, seed]
 
     def reference(self, seed: int | None = None):
         """The diffusion-last HART of a training seed (default: the first) every ablation compares against:
@@ -236,6 +242,25 @@ def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure
             "note": None if same_codes else "the reference HART uses another codebook: generation not compared"}, fig
 
 
+def ablate_position(ctx: Context) -> tuple[dict, plt.Figure]:
+    """Why the coarse scales get fixed position features: the same HART with VAR's learned per-token vectors
+    only. Its 2x2 inputs are one vector for all four tokens (the 1x1 token upsampled, then averaged back), so
+    only those vectors can tell the four apart; and per scale, how much each model reads where the caption
+    puts things (hart_mini.diagnose.caption_sensitivity, first training seed)."""
+    from hart_mini.diagnose import caption_sensitivity
+
+    grid, absolute = "grid features on the coarse scales", "learned vectors only (VAR)"
+    rows = ctx.replicated({grid: lambda s: _generator(ctx.reference(s)),
+                           absolute: lambda s: _generator(ctx.trained("last", s, position="absolute"))})
+    n = min(ctx.n, 500)
+    sensitivity = {grid: caption_sensitivity(ctx.reference(), ctx.preset.data, n),
+                   absolute: caption_sensitivity(ctx.trained("last", ctx.train_seeds[0], position="absolute"),
+                                                 ctx.preset.data, n)}
+    verdicts = compare(rows[0], rows[1]) + [verdict(rows[0], rows[1], "acc_position")]
+    return {"rows": rows, "verdicts": verdicts, "sensitivity": sensitivity}, \
+        _bars(rows, "where the caption puts things: grid features vs learned vectors")
+
+
 def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | None = None,
         reference: str | Path | None = None, tokenizer: str | Path | None = None, stage_a: str | Path | None = None,
         judge: str | Path | None = None, command: str = "", seeds: Sequence[int] = (0, 1000, 2000),
@@ -259,6 +284,7 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
     judge = Judge.from_file(judge, device) if judge else pretrained.load("judge", preset.shipped, device)
     train_seeds = list(train_seeds) if name in TRAINED else list(train_seeds)[:1]
     evaluations = {"head": 3 * len(train_seeds), "early": 2 * len(train_seeds), "steps": len(STEPS),
+                   "position": 2 * len(train_seeds),
                    "full": 2 * len(STEPS) * len(train_seeds), "cfg": len(CFGS), "decoder": 4}[name]
     ctx = Context(preset, out, device, judge, n_eval, Path(tokenizer) if tokenizer else None,
                   Path(reference) if reference else None, seeds, train_seeds, evaluations)
@@ -266,7 +292,7 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
         result, fig = ablate_decoder(ctx, Path(stage_a) if stage_a else None)
     else:
         result, fig = {"head": ablate_head, "full": ablate_full, "early": ablate_early, "steps": ablate_steps,
-                       "cfg": ablate_cfg}[name](ctx)
+                       "cfg": ablate_cfg, "position": ablate_position}[name](ctx)
     ctx.bar.close()
     where = f" (stands in for training seed {train_seeds[0]})" if name in TRAINED else ""
     result = {"ablation": name, "preset": preset.name, "n_eval": n_eval, "seeds": list(seeds),

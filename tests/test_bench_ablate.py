@@ -169,3 +169,20 @@ def test_kv_cache_benchmark_reports_both_sizes():
     result = kv_cache_speedup([small], torch.device("cpu"), batch=2, repeats=1)
     row = result["smoke"]
     assert row["tokens"] == 130 and row["seconds_with_cache"] > 0 and row["speedup"] > 0
+
+
+def test_position_ablation_trains_the_absolute_variant_and_reports_each_ones_sensitivity(models, tmp_path):
+    args = ["ablate", "position", "--preset", "smoke", "--out", str(tmp_path), "--n", "4", "--device", "cpu",
+            "--judge", str(models / "judge.safetensors"), "--tokenizer", str(models / "tokenizer.safetensors"),
+            "--seeds", "0", "--train-seeds", "0", "--reference", str(models / "hart" / "hart.safetensors")]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "position.json").read_text())
+    variant = json.loads((tmp_path / "last_absolute_seed0" / "run.json").read_text())
+    assert variant["kind"] == "hart"
+    from hart_mini.hart import HART
+
+    assert HART.from_file(tmp_path / "last_absolute_seed0" / "hart.safetensors").cfg.position == "absolute"
+    assert [r["label"] for r in result["rows"]] == list(result["sensitivity"])
+    assert {v["metric"] for v in result["verdicts"]} == {"fd", "prompt_accuracy", "acc_position"}
+    for part in result["sensitivity"].values():
+        assert len(part["position"]["sensitivity"]) == len(PRESET.tokenizer.scales)
