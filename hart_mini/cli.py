@@ -9,9 +9,10 @@
     eval hart        FD and prompt accuracy of a trained or shipped HART
     sample           prompts -> a grid of images from a trained or shipped HART
     eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
+    eval judge       the judge's accuracy on real images, and their prompt accuracy
     diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
     bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
-    ablate NAME      head, full, early, steps, decoder, cfg: JSON + figure
+    ablate NAME      head, full, early, steps, decoder, cfg, position: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
     pipeline         the whole course in one process and one time budget: train, evaluate, bench, export
     ship-run FOLDER  put what a pipeline run brought back into data/ and data/results/PRESET/
@@ -270,6 +271,21 @@ def cmd_eval_tokenizer(args) -> dict:
     return emit(result, args.json)
 
 
+def cmd_eval_judge(args) -> dict:
+    from hart_mini.evaluate import held_out
+    from hart_mini.judge import attribute_accuracy, prompt_accuracy
+
+    if args.json:
+        runs.output_file(args.json, "--json")
+    judge, source = resolve("judge", args.ckpt, args.preset, args.device)
+    real = held_out(get_preset(args.preset).data, args.n)
+    images = real["image"].to(next(judge.parameters()).device)
+    accuracy = attribute_accuracy(judge, images, real["labels"])
+    result = {"judge": source, "split": "test", "n": args.n, **{f"acc_{k}": round(v, 4) for k, v in accuracy.items()},
+              "real_prompt_accuracy": round(prompt_accuracy(judge, images, real["caption"])["prompt_accuracy"], 4)}
+    return emit(result, args.json)
+
+
 def cmd_diagnose(args) -> dict:
     from hart_mini import diagnose, viz
 
@@ -491,6 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fd", action="store_true", help="also fd_discrete / fd_continuous (needs a judge)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.set_defaults(func=cmd_eval_tokenizer)
+
+    p = evaluate.add_parser("judge", help="the judge on real held-out images: each attribute, and the prompt "
+                            "accuracy of the real images themselves (its ceiling, 1.0 for a perfect judge)")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help="judge file or training folder (default: shipped)")
+    p.add_argument("--n", type=count(1), default=5000, help="number of held-out test images")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_eval_judge)
 
     p = evaluate.add_parser("hart", help="FD and prompt accuracy on N held-out captions")
     add_preset(p)

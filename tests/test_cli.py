@@ -75,3 +75,25 @@ def test_every_kind_resolves_to_the_cpu_model_shipped_for_smoke(kind):
 
     model, source = resolve(kind, None, "smoke", "cpu")
     assert source == f"shipped {kind} (cpu)" and model is not None
+
+
+def test_eval_judge_scores_real_images_and_says_when_a_judge_misreads_them(capsys, tmp_path):
+    """The shipped judge reads every attribute of real images, so their prompt accuracy is 1; an untrained judge
+    of the same shape does not (the command really scores the images, it does not report a stored number)."""
+    from hart_mini import pretrained
+
+    assert main(["eval", "judge", "--preset", "cpu", "--n", "64", "--device", "cpu",
+                 "--json", str(tmp_path / "judge.json")]) == 0
+    shipped = json.loads(capsys.readouterr().out)
+    assert shipped["n"] == 64 and shipped["real_prompt_accuracy"] == 1.0 and shipped["acc_shape"] == 1.0
+    assert json.loads((tmp_path / "judge.json").read_text()) == shipped
+    import torch
+
+    from hart_mini import checkpoint
+
+    tensors, meta = checkpoint.load(pretrained.path("judge", "cpu"))
+    untrained = tmp_path / "untrained.safetensors"
+    checkpoint.save(untrained, {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in tensors.items()},
+                    meta)  # every weight zero: it reads every image the same way
+    assert main(["eval", "judge", "--preset", "cpu", "--n", "64", "--device", "cpu", "--ckpt", str(untrained)]) == 0
+    assert json.loads(capsys.readouterr().out)["real_prompt_accuracy"] < 0.5
