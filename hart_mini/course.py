@@ -36,9 +36,10 @@ COURSE_MAP = (
      "5 min", "1 min"),
     ("08_hart_end_to_end", "The assembled HART: you write the sampling loop; prompts to images, the head's effect "
      "and cost", "4 min", "1 min"),
-    ("09_ablations", "Head on/off, full-token head, diffusion-early vs -last, steps, decoder, guidance",
-     "1 min", "1 min"),
-    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at toy scale", "2 min", "1 min"),
+    ("09_ablations", "Why our first HART put objects in the wrong corner (diagnose, force, fix); head on/off, "
+     "full-token head, diffusion-early vs -last, steps, decoder, guidance", "1 min", "1 min"),
+    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at matched quality", "2 min",
+     "1 min"),
     ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, data loading, torchrun + DDP, chunked runs",
      "1 min", "1 min"),
     ("12_capstone", "Your own HART: your quantizer, attention, loss and sampling loop wired together, trained, "
@@ -51,6 +52,7 @@ COURSE_PAGES = (
     ("glossary.md", "the course's notation in one table: f, f_hat, r_k, pn, K, L, h, z, abar, v, ..."),
     ("troubleshooting.md", "common errors and what to do about them"),
     ("instructor_guide.md", "answers to every exercise and open question; measured times per notebook"),
+    ("results.md", "each claim of the paper and the press, what we measure for it, with its noise, and a verdict"),
 )
 
 SOLUTION_TAG = "solution"
