@@ -273,16 +273,13 @@ def cmd_eval_tokenizer(args) -> dict:
 
 def cmd_eval_judge(args) -> dict:
     from hart_mini.evaluate import held_out
-    from hart_mini.judge import attribute_accuracy, prompt_accuracy
+    from hart_mini.judge import real_image_metrics
 
     if args.json:
         runs.output_file(args.json, "--json")
     judge, source = resolve("judge", args.ckpt, args.preset, args.device)
-    real = held_out(get_preset(args.preset).data, args.n)
-    images = real["image"].to(next(judge.parameters()).device)
-    accuracy = attribute_accuracy(judge, images, real["labels"])
-    result = {"judge": source, "split": "test", "n": args.n, **{f"acc_{k}": round(v, 4) for k, v in accuracy.items()},
-              "real_prompt_accuracy": round(prompt_accuracy(judge, images, real["caption"])["prompt_accuracy"], 4)}
+    result = {"judge": source, "split": "test",
+              **real_image_metrics(judge, held_out(get_preset(args.preset).data, args.n))}
     return emit(result, args.json)
 
 

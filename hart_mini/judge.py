@@ -185,3 +185,12 @@ def object_cells(judge: Judge, images: torch.Tensor) -> list[int | None]:
     found = [(row != NONE).nonzero().flatten().tolist() for row in shapes]
     return [cells[0] if len(cells) == 1 else None for cells in found]
 
+
+def real_image_metrics(judge: Judge, held: dict) -> dict:
+    """The judge on real held-out images `held` (ToyShapes.batch): every attribute's accuracy, and the prompt
+    accuracy of the real images themselves (the ceiling of any generator's, 1.0 for a perfect judge)."""
+    images = held["image"].to(next(judge.parameters()).device)
+    metrics = {"n": len(held["caption"]),
+               **{f"acc_{k}": round(v, 4) for k, v in attribute_accuracy(judge, images, held["labels"]).items()}}
+    metrics["real_prompt_accuracy"] = round(prompt_accuracy(judge, images, held["caption"])["prompt_accuracy"], 4)
+    return metrics

@@ -619,7 +619,7 @@ def train_judge(preset, out: str | Path, run: RunOptions | None = None, command:
     (on the first n_eval test images, or on `held`, a batch of them already drawn). The file is written even
     when the deadline stops the run early; then it says finished: false."""
     from hart_mini.data import ToyShapes
-    from hart_mini.judge import Judge, attribute_accuracy, prompt_accuracy
+    from hart_mini.judge import Judge, real_image_metrics
     from hart_mini.runtime import describe_device, world
 
     run, device, deadline = _start(run)
@@ -638,10 +638,7 @@ def train_judge(preset, out: str | Path, run: RunOptions | None = None, command:
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
     if world()[0] == 0:
         held = ToyShapes(preset.data, "test", size=n_eval).batch(range(n_eval)) if held is None else held
-        images, n_eval = held["image"].to(device), len(held["caption"])
-        metrics = {"n": n_eval, **{f"acc_{k}": round(v, 4) for k, v in attribute_accuracy(judge, images,
-                                                                                         held["labels"]).items()}}
-        metrics["real_prompt_accuracy"] = round(prompt_accuracy(judge, images, held["caption"])["prompt_accuracy"], 4)
+        metrics = real_image_metrics(judge, held)
         checkpoint.save(out / "judge.safetensors", judge.state_dict(), {
             "kind": "judge", "config": config, "preset": preset.name, "metrics": metrics, "command": command,
             "train_seconds": round(result["seconds"], 1), "device": describe_device(device),

@@ -157,7 +157,7 @@ class NextScaleTransformer(nn.Module):
         # four 2x2 tokens differ only by a learned vector of std 0.02 beside a level vector of std 1, and the model
         # never learned to put an object where the caption says (notebook 09). The finer scales' inputs already
         # show where things are; fixed features there cost texture and FD in our runs, so they get none.
-        coarse = (torch.tensor([p for p in scales for _ in range(p * p)]) <= scales[-1] // 2)[:, None]  # (L, 1)
+        coarse = (torch.tensor(scales)[levels] <= scales[-1] // 2)[:, None]  # (L, 1): the token's scale is coarse
         grid = grid_embedding(coords, scales[-1], D) * coarse if cfg.position == "grid" else torch.zeros(L, D)
         self.register_buffer("grid", grid, persistent=False)  # (L, D), fixed
         self.starts = [sum(p * p for p in scales[:k]) for k in range(K + 1)]  # first token of each scale
