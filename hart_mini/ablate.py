@@ -31,9 +31,18 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 
-from hart_mini import checkpoint, viz
+from hart_mini import checkpoint
 from hart_mini.bench import timed
-from hart_mini.evaluate import aggregate_training_seeds, evaluate_seeds, evaluate_tokenizer, held_out, noise, verdict
+from hart_mini.course import viz
+from hart_mini.measure.evaluate import (
+    aggregate_training_seeds,
+    evaluate_seeds,
+    evaluate_tokenizer,
+    held_out,
+    noise,
+    verdict,
+)
+from hart_mini.model import sampling_variants
 
 ABLATIONS = ("head", "full", "early", "steps", "decoder", "cfg", "position")
 TRAINED = ("head", "full", "early", "position")
@@ -73,7 +82,7 @@ class Context:
         """A HART of the given head mode (and transformer position scheme, default the preset's) trained with
         the preset's budget and training seed `seed`, in OUT/<mode>[_<position>]_seed<seed> (reused if there)."""
         from hart_mini import train
-        from hart_mini.hart import HART
+        from hart_mini.model.hart import HART
 
         name = mode if position is None else f"{mode}_{position}"
         if (name, seed) not in self._models:
@@ -96,7 +105,7 @@ class Context:
     def reference(self, seed: int | None = None):
         """The diffusion-last HART of a training seed (default: the first) every ablation compares against:
         --reference for the first seed when given, else trained here."""
-        from hart_mini.hart import HART
+        from hart_mini.model.hart import HART
 
         seed = self.train_seeds[0] if seed is None else seed
         if self.reference_file and seed == self.train_seeds[0]:
@@ -116,7 +125,8 @@ class Context:
 
 
 def _generator(model, **knobs):
-    return lambda prompts, seed: model.generate(prompts, seed=seed, **knobs)
+    # sampling_variants.generate samples every head mode (the ablation models include 'full' and 'early')
+    return lambda prompts, seed: sampling_variants.generate(model, prompts, seed=seed, **knobs)
 
 
 def compare(a: dict, b: dict, paired: bool = False) -> list[dict]:
@@ -206,7 +216,7 @@ def ablate_cfg(ctx: Context) -> tuple[dict, plt.Figure]:
 
 def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure]:
     """Stage (b) twice from the same stage (a): alternating vs continuous-only decoder, same budget."""
-    from hart_mini.data import ToyShapes
+    from hart_mini.model.data import ToyShapes
     from hart_mini.train import RunOptions, train_tokenizer
 
     preset = ctx.preset
@@ -221,7 +231,7 @@ def ablate_decoder(ctx: Context, stage_a: Path | None) -> tuple[dict, plt.Figure
             meta["config"]["decoder_mode"] = mode  # same weights; only stage (b) differs
             checkpoint.save(folder / "stage_a" / "checkpoint.safetensors", tensors, meta)
         train_tokenizer(p, folder, RunOptions(device=str(ctx.device), resume=True), f"ablate decoder ({mode})")
-        from hart_mini.tokenizer import HybridTokenizer
+        from hart_mini.model.tokenizer import HybridTokenizer
 
         variants[mode] = HybridTokenizer.from_file(folder / "tokenizer.safetensors", ctx.device)
         metrics[mode] = evaluate_tokenizer(variants[mode], ToyShapes(preset.data, "test", size=ctx.n), ctx.n,
@@ -279,7 +289,7 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
     out, device = Path(out), pick_device(device)
     out.mkdir(parents=True, exist_ok=True)
     n_eval = n_eval or {"smoke": 16, "cpu": 1000, "gpu": 2000}[preset.name]
-    from hart_mini.judge import Judge
+    from hart_mini.measure.judge import Judge
 
     judge = Judge.from_file(judge, device) if judge else pretrained.load("judge", preset.shipped, device)
     train_seeds = list(train_seeds) if name in TRAINED else list(train_seeds)[:1]

@@ -29,9 +29,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from hart_mini import viz
 from hart_mini.config import require
-from hart_mini.evaluate import clearly_better, evaluate_seeds, held_out
+from hart_mini.course import viz
+from hart_mini.measure.evaluate import clearly_better, evaluate_seeds, held_out
 
 BASELINE_STEPS = (5, 10, 20, 30, 50)
 HEAD_STEPS = (1, 2, 4, 8, 16)
@@ -269,10 +269,11 @@ def frontier_figure(result: dict) -> plt.Figure:
 def kv_cache_speedup(presets: list, device: torch.device, batch: int = 8, repeats: int = 5) -> dict:
     """Sampling time with and without the KV cache, for untrained models of each preset's size (the cache's
     effect on time does not depend on the weights). Discrete tokens only, with guidance (doubled batch)."""
-    from hart_mini.data import ToyShapes
-    from hart_mini.hart import HART
-    from hart_mini.text import CaptionTokenizer
-    from hart_mini.tokenizer import HybridTokenizer
+    from hart_mini.model import sampling_variants
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.hart import HART
+    from hart_mini.model.text import CaptionTokenizer
+    from hart_mini.model.tokenizer import HybridTokenizer
 
     out = {}
     for preset in presets:
@@ -281,7 +282,7 @@ def kv_cache_speedup(presets: list, device: torch.device, batch: int = 8, repeat
                      None).to(device).eval()
         prompts = ToyShapes(preset.data, "test").batch(range(batch))["caption"]
         def run(cache: bool, model=model, prompts=prompts) -> None:
-            model.sample_latent(prompts, cfg_scale=3.0, seed=0, use_cache=cache, use_head=False)
+            sampling_variants.sample_latent(model, prompts, cfg_scale=3.0, seed=0, use_cache=cache, use_head=False)
 
         cached, uncached = timed(lambda: run(True), device, repeats), timed(lambda: run(False), device, repeats)
         out[preset.name] = {"image_size": preset.data.image_size, "tokens": preset.tokenizer.num_tokens,

@@ -116,8 +116,8 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_preview(args) -> dict:
-    from hart_mini import viz
-    from hart_mini.data import ToyShapes
+    from hart_mini.course import viz
+    from hart_mini.model.data import ToyShapes
 
     preset = get_preset(args.preset)
     runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
@@ -141,7 +141,8 @@ def cmd_demo(args) -> dict:
     """HART's main job: prompts -> a captioned grid, with the shipped model (an error without one)."""
     import time
 
-    from hart_mini import pretrained, viz
+    from hart_mini import pretrained
+    from hart_mini.course import viz
     from hart_mini.runtime import describe_device, pick_device
 
     preset = get_preset(args.preset)
@@ -212,7 +213,8 @@ def cmd_train_judge(args) -> dict:
 
 
 def cmd_eval_hart(args) -> dict:
-    from hart_mini.evaluate import evaluate_seeds
+    from hart_mini.measure.evaluate import evaluate_seeds
+    from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
     from hart_mini.runtime import inference_autocast, pick_device
 
     if args.json:
@@ -223,8 +225,8 @@ def cmd_eval_hart(args) -> dict:
 
     def generate(prompts, seed):
         with inference_autocast(pick_device(args.device)):  # bf16 + TF32 on CUDA, as in training
-            return model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                  sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
+            return variants.generate(model, prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                     sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
 
     result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": seeds[0],
               "steps": args.steps or model.head_cfg.sampling_steps,
@@ -233,13 +235,14 @@ def cmd_eval_hart(args) -> dict:
 
 
 def cmd_sample(args) -> dict:
-    from hart_mini import viz
+    from hart_mini.course import viz
+    from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
 
     runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     prompts = [args.prompt] * args.n if args.prompt is not None else model_prompts(model, args.n)
-    images = model.generate(prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                            sampling_steps=args.steps, seed=args.seed, use_head=not args.no_head)
+    images = variants.generate(model, prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                               sampling_steps=args.steps, seed=args.seed, use_head=not args.no_head)
     path = viz.save(viz.image_grid(images * 2 - 1, prompts, ncols=min(8, len(prompts))), args.out)
     return emit({"out": str(path), "model": source, "mode": model.mode, "prompts": prompts, "cfg": args.cfg,
                  "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "head": not args.no_head,
@@ -249,14 +252,14 @@ def cmd_sample(args) -> dict:
 def model_prompts(model, n: int) -> list[str]:
     """n held-out ToyShapes captions, for sampling without --prompt."""
     from hart_mini.config import DataConfig
-    from hart_mini.data import ToyShapes
+    from hart_mini.model.data import ToyShapes
 
     return ToyShapes(DataConfig(image_size=model.tokenizer.cfg.image_size), "test").batch(range(n))["caption"]
 
 
 def cmd_eval_tokenizer(args) -> dict:
-    from hart_mini.data import ToyShapes
-    from hart_mini.evaluate import evaluate_tokenizer
+    from hart_mini.measure.evaluate import evaluate_tokenizer
+    from hart_mini.model.data import ToyShapes
 
     if args.json:
         runs.output_file(args.json, "--json")
@@ -272,8 +275,8 @@ def cmd_eval_tokenizer(args) -> dict:
 
 
 def cmd_eval_judge(args) -> dict:
-    from hart_mini.evaluate import held_out
-    from hart_mini.judge import real_image_metrics
+    from hart_mini.measure.evaluate import held_out
+    from hart_mini.measure.judge import real_image_metrics
 
     if args.json:
         runs.output_file(args.json, "--json")
@@ -284,7 +287,8 @@ def cmd_eval_judge(args) -> dict:
 
 
 def cmd_diagnose(args) -> dict:
-    from hart_mini import diagnose, viz
+    from hart_mini import diagnose
+    from hart_mini.course import viz
 
     if args.json:
         runs.output_file(args.json, "--json")
@@ -302,8 +306,8 @@ def cmd_diagnose(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from hart_mini import viz
     from hart_mini.bench import frontier, frontier_figure, kv_cache_speedup
+    from hart_mini.course import viz
     from hart_mini.runtime import describe_device, inference_autocast, pick_device
 
     if args.json:
@@ -363,7 +367,8 @@ def cmd_doctor(args) -> dict:
 
 
 def cmd_pipeline(args) -> dict:
-    from hart_mini.pipeline import PipelineOptions, dry_run, run, table
+    from hart_mini.pipeline import dry_run, run
+    from hart_mini.plan import PipelineOptions, table
 
     opts = PipelineOptions(preset=args.preset, budget_minutes=args.budget_minutes, out=args.out, device=args.device,
                            n_eval=args.n_eval, margin=args.margin, max_scale=args.max_scale, compile=args.compile,
@@ -394,7 +399,7 @@ def cmd_ship(args) -> dict:
 
 
 def cmd_course_student(args) -> dict:
-    from hart_mini.course import write_student_notebooks
+    from hart_mini.course.student import write_student_notebooks
 
     written = write_student_notebooks(args.notebooks, args.outdir)
     return emit({"out": str(args.outdir), "notebooks": [p.name for p in written]})

@@ -32,7 +32,7 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """ToyShapes, the procedural text-to-image data (see `hart_mini.data`)."""
+    """ToyShapes, the procedural text-to-image data (see `hart_mini.model.data`)."""
 
     image_size: int = 32  # H = W in pixels: 32 (CPU presets) or 64 (GPU preset)
     seed: int = 0  # image i of a split is a pure function of (seed, split, i)
@@ -53,7 +53,7 @@ SCALES_64 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's 256-px schedule, 16x16 la
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """The hybrid tokenizer: conv autoencoder (downsample 4) + multi-scale residual VQ (see tokenizer.py)."""
+    """The hybrid tokenizer: conv autoencoder (downsample 4) + multi-scale residual VQ (see model/tokenizer.py)."""
 
     image_size: int = 32  # H = W of the images it encodes
     channels: int = 64  # conv width at full resolution; doubled at the 8x8 / 16x16 latent grid
@@ -108,7 +108,7 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """The next-scale AR transformer and its tiny text encoder (see transformer.py, text.py)."""
+    """The next-scale AR transformer and its tiny text encoder (see model/transformer.py, model/text.py)."""
 
     width: int = 128  # D
     depth: int = 4  # AdaLN transformer blocks
@@ -150,7 +150,7 @@ MAX_CFG_SCALE = 20.0
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The residual diffusion head and how HART uses it (see diffusion.py, hart.py).
+    """The residual diffusion head and how HART uses it (see model/diffusion.py, model/hart.py).
 
     mode: off   discrete tokens only (VAR; HART's "HART-VAR" ablation)
           last  HART: the head predicts the last scale's residual, given h and the sampled token
@@ -198,7 +198,7 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    """The latent diffusion baseline's diffusion settings (see baselines.py)."""
+    """The latent diffusion baseline's diffusion settings (see model/baselines.py)."""
 
     prediction: str = "v"  # v | eps
     sampler: str = "ddim"  # ddim | ddpm

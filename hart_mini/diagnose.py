@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hart_mini.data import POSITIONS, RELATIONS, ToyShapes, parse_caption
+from hart_mini.model.data import POSITIONS, RELATIONS, ToyShapes, parse_caption
 
 OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -103,8 +103,8 @@ def forced_scales(model, judge, data_config, n: int = 500, cfg_scale: float = 3.
     One row per k in ks (default 0..K): {'k', 'forced_tokens', 'n', 'prompt_accuracy', 'acc_*'}. k = 0 is
     plain sampling; k = K decodes the true discrete tokens with the head's residual on top.
     """
-    from hart_mini.evaluate import held_out
-    from hart_mini.judge import prompt_accuracy
+    from hart_mini.measure.evaluate import held_out
+    from hart_mini.measure.judge import prompt_accuracy
 
     if n < 1:
         raise ValueError(f"n={n} is invalid: expected at least 1 prompt")

@@ -20,7 +20,7 @@ def sdpa_kernels(device: torch.device) -> dict:
     """Which SDPA backends run attention with a boolean block-causal mask on this device."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from hart_mini.transformer import block_causal_mask
+    from hart_mini.model.transformer import block_causal_mask
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     q = k = v = torch.randn(2, 4, 145, 32, device=device, dtype=dtype)
@@ -46,13 +46,14 @@ def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path =
     """workers: data processes for the burst (default: on CUDA, one per core but one, at most 8; else 0)."""
     import os
 
-    from hart_mini import pretrained, viz
+    from hart_mini import pretrained
     from hart_mini.config import require
-    from hart_mini.data import ToyShapes
-    from hart_mini.hart import HART
+    from hart_mini.course import viz
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.hart import HART
+    from hart_mini.model.text import CaptionTokenizer
+    from hart_mini.model.tokenizer import HybridTokenizer
     from hart_mini.runtime import autocast_dtype, describe_device, enable_tf32, peak_tflops, pick_device
-    from hart_mini.text import CaptionTokenizer
-    from hart_mini.tokenizer import HybridTokenizer
     from hart_mini.train import RunOptions, captions_of, fit, toyshapes_batches
 
     require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")

@@ -18,102 +18,43 @@ What it does, in order:
 DIR/results.json is rewritten after every step, so a run killed at any point leaves all it finished.
 The log goes to DIR/pipeline.log and stderr; each training shows a progress bar.
 
-The planned times of a dry run come from hart_mini.budget (FLOPs and bytes of every op, on a model of the
-device); a real run plans from the bursts it measured, and records both, so a later run can check the model.
+The plan itself is pure arithmetic, in hart_mini.plan. The planned times of a dry run come from
+hart_mini.budget (FLOPs and bytes of every op, on a model of the device); a real run plans from the
+bursts it measured, and records both, so a later run can check the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hart_mini import checkpoint
-from hart_mini.config import PRESET_NAMES, TrainConfig, get_preset, require
-
-JUDGE_WIDTH = 32  # as train_judge builds it
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training stage: its name, the preset field that holds its TrainConfig, what it is."""
-
-    name: str
-    train: str
-    what: str
-    optional: bool = False  # trained only if every stage fits at its preset steps
-
-
-STAGES = (
-    Stage("tokenizer_a", "tokenizer_train", "tokenizer (a): autoencoder + multi-scale VQ"),
-    Stage("tokenizer_b", "decoder_train", "tokenizer (b): decoder on discrete and continuous latents"),
-    Stage("judge", "judge_train", "judge: the attribute classifier behind FD and prompt accuracy"),
-    Stage("hart", "hart_train", "HART: next-scale transformer + residual diffusion head"),
-    Stage("diffusion", "baseline_train", "latent diffusion baseline (DiT-style, 30 DDIM steps)"),
-    Stage("discrete", "hart_train", "discrete-only model: HART without its head, HART's steps", optional=True),
+from hart_mini.config import TrainConfig, get_preset
+from hart_mini.plan import (
+    BENCH_BASELINE_STEPS,
+    BURST_WINDOW,
+    EVALUATION,
+    JUDGE_WIDTH,
+    OVERHEAD_S,
+    SLACK,
+    STAGES,
+    STARTUP_S,
+    PipelineOptions,
+    bench_n,
+    estimated_seconds,
+    evaluation_seconds,
+    expected_kept,
+    make_plan,
+    repeat_steps,
+    scaled_config,
+    table,
 )
-
-# Evaluation sizes per preset: N prompts per generator, held-out images for the judge's accuracy, the batch
-# for sampling, the benchmark's throughput batch and repeats.
-BENCH_BASELINE_STEPS = (5, 10, 20, 30, 50)  # the baseline's frontier in the pipeline's benchmark
-
-
-def bench_n(sizes: dict) -> int:
-    """Samples per frontier point in the pipeline's benchmark: the evaluation's N, at most 1000."""
-    return min(sizes["n"], 1000)
-
-EVAL = {"smoke": {"n": 64, "judge_n": 200, "batch": 64, "throughput_batch": 16, "repeats": 2},
-        "cpu": {"n": 1000, "judge_n": 2000, "batch": 100, "throughput_batch": 64, "repeats": 5},
-        "gpu": {"n": 2000, "judge_n": 5000, "batch": 500, "throughput_batch": 256, "repeats": 3}}
-OPTIONAL_MIN_FACTOR = 0.75  # the discrete-only model is planned if every stage keeps >= 75 % of its steps
-BURST_WINDOW = 3  # a timing burst runs 2 x this many steps and times the second half (the first warms up)
-SLACK = 1.25  # a stage's deadline: its planned seconds x SLACK + 10 s (then it stops and saves, unfinished)
-OVERHEAD_S = {"smoke": 1.0, "cpu": 2.0, "gpu": 3.0}  # per stage: build, checkpoint, figures, export
-STARTUP_S = 10.0  # python and torch imports, CUDA start-up: spent before the pipeline's clock starts
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """What `python -m hart_mini pipeline` takes (see --help)."""
-
-    preset: str = "gpu"
-    budget_minutes: float = 8.0
-    out: Path = Path("runs/pipeline")
-    device: str = "auto"
-    n_eval: int | None = None  # samples per generator (None: EVAL[preset]["n"])
-    margin: float = 0.1  # share of the budget kept free for what the plan cannot see
-    max_scale: float = 2.0  # at most this many times the preset's steps when the device is faster than planned
-    compile: bool = False  # torch.compile the repeated blocks (the plan's estimates assume eager)
-    workers: int | None = None  # processes that draw the data (None: one per core but one on CUDA, else 0)
-    target: str = "h100"  # the device a dry run estimates for (hart_mini.budget.DEVICES)
-    command: str = ""
-
-    def __post_init__(self):
-        from hart_mini.budget import DEVICES
-
-        require(self.preset in PRESET_NAMES, "preset", self.preset, f"one of {PRESET_NAMES}")
-        require(self.budget_minutes > 0, "budget_minutes", self.budget_minutes, "a number > 0")
-        require(self.n_eval is None or (isinstance(self.n_eval, int) and self.n_eval >= 2), "n_eval", self.n_eval,
-                "an integer >= 2 (FD needs two samples)")
-        require(0 <= self.margin < 0.5, "margin", self.margin, "a share in [0, 0.5)")
-        require(self.max_scale > 0, "max_scale", self.max_scale, "a number > 0")
-        require(self.workers is None or self.workers >= 0, "workers", self.workers, "an integer >= 0")
-        require(self.target in DEVICES, "target", self.target, f"one of {tuple(DEVICES)}")
-
-    @property
-    def eval_sizes(self) -> dict:
-        sizes = dict(EVAL[self.preset])
-        if self.n_eval is not None:
-            sizes["n"] = self.n_eval
-        return sizes
-
 
 # --- the models of each stage, for the cost model and the timing bursts --------------------------------
 
@@ -122,11 +63,11 @@ def stage_model(name: str, preset, device: torch.device, tokenizer=None):
     """A fresh model of a training stage, its trained parameters, and its loss on a batch that holds image,
     labels, ids and mask on the device: what the cost model counts and a timing burst runs. (train.py's
     recipes build the same models; these are untrained, which costs the same.)"""
-    from hart_mini.baselines import LatentDiffusion
-    from hart_mini.hart import HART
-    from hart_mini.judge import Judge
-    from hart_mini.text import CaptionTokenizer
-    from hart_mini.tokenizer import HybridTokenizer
+    from hart_mini.measure.judge import Judge
+    from hart_mini.model.baselines import LatentDiffusion
+    from hart_mini.model.hart import HART
+    from hart_mini.model.text import CaptionTokenizer
+    from hart_mini.model.tokenizer import HybridTokenizer
 
     text = CaptionTokenizer.toyshapes(preset.transformer.text_len)
     if name in ("tokenizer_a", "tokenizer_b"):
@@ -148,8 +89,8 @@ def stage_model(name: str, preset, device: torch.device, tokenizer=None):
 
 def _sample_batch(preset, n: int, device: torch.device) -> dict:
     """n validation images, tokenized, on the device: for counting costs."""
-    from hart_mini.data import ToyShapes
-    from hart_mini.text import CaptionTokenizer
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.text import CaptionTokenizer
 
     batch = ToyShapes(preset.data, "val").batch(range(n))
     batch["ids"], batch["mask"] = CaptionTokenizer.toyshapes(preset.transformer.text_len)(batch["caption"])
@@ -199,137 +140,10 @@ def count_costs(preset, device: torch.device, sizes: dict) -> dict:
     return costs
 
 
-def repeat_steps(one: list, two: list, batch: int, steps: int):
-    """The ops of an n-step sampler from those of its 1-step and 2-step runs: the 2-step run is the 1-step
-    run with one more step inserted (after the common beginning, before the common end, the decoder);
-    that step comes `steps - 1` times."""
-    from hart_mini.budget import StepCost
-
-    head = next((i for i, (a, b) in enumerate(zip(one, two)) if a.name != b.name), len(one))
-    tail = next((i for i, (a, b) in enumerate(zip(reversed(one[head:]), reversed(two))) if a.name != b.name),
-                len(one) - head)
-    return StepCost(batch, one + two[head:len(two) - tail] * (steps - 1))
-
-
-def expected_kept(cfg, n: int) -> int:
-    """The average number of last-scale tokens HART's token subsampling keeps (hart.last_kept_count)."""
-    from hart_mini.hart import last_kept_count
-
-    draws = (torch.arange(1000) + 0.5) / 1000  # a uniform grid of u: the average over draws
-    return round(sum(last_kept_count(cfg, n, u) for u in draws) / len(draws))
-
-
-def estimated_seconds(costs: dict, spec) -> tuple[dict, dict]:
-    """(seconds per training step of every stage, seconds per sampling call) on `spec`."""
-    steps = {s.name: costs[s.name].seconds(spec) for s in STAGES}
-    return steps, {k[len("sample_"):]: c.seconds(spec) for k, c in costs.items() if k.startswith("sample_")}
-
-
-def evaluation_seconds(sample: dict, sizes: dict) -> dict:
-    """What evaluation, benchmark and samples take, from the seconds of one sampling call, sample[f"{g}_{x}"]
-    for generator g in hart, hart_head_skipped, diffusion and x in eval (the evaluation batch), one (batch 1),
-    throughput (the benchmark's batch). The discrete-only model samples like HART with its head skipped;
-    the tokenizer's reconstructions and the judge's passes cost about two such evaluation batches."""
-    calls = math.ceil(sizes["n"] / sizes["batch"])
-    per = lambda g: sample[f"{g}_eval"] * calls
-    per_30 = sum(BENCH_BASELINE_STEPS) / 30  # the baseline's calls scale with its steps (timed at 30)
-    speed = lambda g, k=1.0: k * (sample[f"{g}_one"] * (2 + sizes["repeats"] + 3) + sample[f"{g}_throughput"] *
-                                  (2 + max(sizes["repeats"] // 2, 1)))
-    bench = (speed("hart") + speed("hart_head_skipped") + speed("diffusion", per_30)  # speed of every point
-             + (per("hart") + per("hart_head_skipped") + per_30 * per("diffusion"))  # and its quality
-             * bench_n(sizes) / sizes["n"])
-    return {"evaluation_tokenizer_judge": 2 * sample["hart_head_skipped_eval"],
-            "evaluation_hart": per("hart") + per("hart_head_skipped"), "evaluation_diffusion": per("diffusion"),
-            "evaluation_discrete": per("hart_head_skipped"), "bench": bench,
-            "samples": 2 * sample["hart_one"] + sample["hart_head_skipped_one"] + sample["diffusion_one"]}
-
-
-# --- the plan -------------------------------------------------------------------------------------------
-
-
-SPENT = ("startup", "data", "timing_bursts", "cost_count")  # fixed costs paid before training starts
-EVALUATION = {"judge": "evaluation_tokenizer_judge", "hart": "evaluation_hart", "diffusion": "evaluation_diffusion",
-              "discrete": "evaluation_discrete"}  # what each stage's evaluation is called in a plan
-
-
-def plan_steps(preset, step_s: dict, available: float, max_scale: float, extra: dict) -> dict:
-    """Steps per stage: the preset's steps times one factor f, the largest that fits `available` seconds
-    (at most max_scale). The optional discrete-only model (with its `extra` seconds of evaluation) is in
-    the plan only if everything then fits at f >= OPTIONAL_MIN_FACTOR (or max_scale, if smaller); it trains
-    HART's steps."""
-    planned = {s.name: getattr(preset, s.train).steps for s in STAGES}
-    need = lambda names: sum(planned[n] * step_s[n] for n in names)
-    everything = [s.name for s in STAGES]
-    required = [s.name for s in STAGES if not s.optional]
-    optional = [s.name for s in STAGES if s.optional]
-    factor = (available - sum(extra.get(n, 0.0) for n in optional)) / max(need(everything), 1e-9)
-    skipped = {}
-    if factor < min(OPTIONAL_MIN_FACTOR, max_scale):
-        factor = available / max(need(required), 1e-9)
-        skipped = {n: f"not planned: it needs {need([n]) + extra.get(n, 0.0):.0f} s more than the budget leaves "
-                      "(checked again when its turn comes)" for n in optional}
-    factor = max(min(factor, max_scale), 0.0)
-    steps = {n: max(1, int(planned[n] * factor)) for n in everything if n not in skipped}
-    if "discrete" in steps:
-        steps["discrete"] = steps["hart"]
-    return {"factor": round(factor, 4), "steps": steps, "skipped": skipped}
-
-
-def scaled_config(cfg: TrainConfig, steps: int) -> TrainConfig:
-    """A stage's TrainConfig at `steps` steps: warm-up scaled along (never more than half the steps), one
-    checkpoint at the end (the pipeline never resumes), a log at least 20 times per run."""
-    warmup = min(round(cfg.warmup_steps * min(steps / cfg.steps, 1.0)), steps // 2)
-    return dataclasses.replace(cfg, steps=steps, warmup_steps=warmup, checkpoint_every=steps,
-                               log_every=max(1, min(cfg.log_every, steps // 20)))
-
-
-def make_plan(preset, opts: PipelineOptions, step_s: dict, fixed: dict, source: str) -> dict:
-    """The whole plan: the fixed costs (data, bursts, evaluations, benchmark, samples, per-stage overheads)
-    and the margin are reserved first; training gets the rest. A JSON-able dict; `table` prints it."""
-    budget = 60 * opts.budget_minutes
-    margin = opts.margin * budget
-    optional_eval = {"discrete": fixed.get("evaluation_discrete", 0.0)}
-    available = budget - margin - sum(v for k, v in fixed.items() if k != "evaluation_discrete")
-    scaled = plan_steps(preset, step_s, max(available, 0.0), opts.max_scale, optional_eval)
-    if "discrete" not in scaled["steps"]:
-        fixed = {k: v for k, v in fixed.items() if k != "evaluation_discrete"}
-    stages, train = {}, 0.0
-    for s in STAGES:
-        if s.name in scaled["steps"]:
-            cfg = getattr(preset, s.train)
-            steps = scaled["steps"][s.name]
-            train += steps * step_s[s.name]
-            stages[s.name] = {"steps": steps, "preset_steps": cfg.steps, "batch": cfg.batch_size,
-                              "step_ms": round(1e3 * step_s[s.name], 2),
-                              "seconds": round(steps * step_s[s.name], 1), "what": s.what}
-    total = sum(fixed.values()) + train  # unrounded: the steps were floored to fit
-    return {"preset": preset.name, "source": source, "budget_s": budget, "margin_s": round(margin, 1),
-            "factor": scaled["factor"], "stages": stages, "skipped": scaled["skipped"],
-            "fixed_s": {k: round(v, 1) for k, v in fixed.items()}, "expected_total_s": round(total, 1),
-            "fits": total + margin <= budget + 1e-6}
-
-
-def table(plan: dict) -> str:
-    """The plan as a table for people."""
-    lines = [f"plan for preset {plan['preset']!r} ({plan['source']})",
-             f"budget {plan['budget_s']:.0f} s, margin {plan['margin_s']:.0f} s, steps x {plan['factor']:.2f} "
-             "of the preset's",
-             f"{'stage':<28}{'steps':>7}{'batch':>7}{'ms/step':>9}{'seconds':>9}  what"]
-    for name, s in plan["stages"].items():
-        lines.append(f"{name:<28}{s['steps']:>7}{s['batch']:>7}{s['step_ms']:>9.1f}{s['seconds']:>9.1f}  {s['what']}")
-    for name, reason in plan["skipped"].items():
-        lines.append(f"{name:<28}{'-':>7}{'':>7}{'':>9}{'-':>9}  {reason}")
-    for name, seconds in plan["fixed_s"].items():
-        lines.append(f"{name:<28}{'':>7}{'':>7}{'':>9}{seconds:>9.1f}")
-    lines.append(f"{'total':<28}{'':>23}{plan['expected_total_s']:>9.1f}  of {plan['budget_s']:.0f} s "
-                 f"({'fits' if plan['fits'] else 'does NOT fit'} with the margin)")
-    return "\n".join(lines)
-
-
 def dry_run(opts: PipelineOptions) -> dict:
     """The plan from the cost model for opts.target, without training: every op counted on this CPU."""
     from hart_mini.budget import DEVICES
-    from hart_mini.data import ToyShapes
+    from hart_mini.model.data import ToyShapes
 
     preset, spec, sizes = get_preset(opts.preset), DEVICES[opts.target], opts.eval_sizes
     start = time.perf_counter()
@@ -458,8 +272,8 @@ class Pipeline:
     # --- the steps ---
 
     def draw_data(self) -> None:
-        from hart_mini.data import Prerendered, ToyShapes
-        from hart_mini.text import CaptionTokenizer
+        from hart_mini.model.data import Prerendered, ToyShapes
+        from hart_mini.model.text import CaptionTokenizer
 
         workers = self.opts.workers
         if workers is None:
@@ -540,7 +354,7 @@ class Pipeline:
         return folder / entry["file"]
 
     def train_tokenizer(self) -> None:
-        from hart_mini.tokenizer import HybridTokenizer
+        from hart_mini.model.tokenizer import HybridTokenizer
         from hart_mini.train import train_tokenizer
 
         preset = dataclasses.replace(self.preset, tokenizer_train=self.config("tokenizer_a"),
@@ -552,7 +366,7 @@ class Pipeline:
         self.tokenizer = HybridTokenizer.from_file(self.tokenizer_file, self.device)
 
     def train_judge(self) -> None:
-        from hart_mini.judge import Judge
+        from hart_mini.measure.judge import Judge
         from hart_mini.train import train_judge
 
         preset = dataclasses.replace(self.preset, judge_train=self.config("judge"))
@@ -565,7 +379,7 @@ class Pipeline:
         self.judge = Judge.from_file(path, self.device)
 
     def evaluate_tokenizer(self) -> None:
-        from hart_mini.evaluate import evaluate_tokenizer
+        from hart_mini.measure.evaluate import evaluate_tokenizer
 
         metrics = evaluate_tokenizer(self.tokenizer, self.test, min(self.sizes["n"], len(self.test)), judge=self.judge)
         self.results.data["metrics"]["tokenizer"] = metrics
@@ -611,7 +425,7 @@ class Pipeline:
 
     def evaluate(self, stage: str, path: Path) -> None:
         from hart_mini import pretrained
-        from hart_mini.evaluate import evaluate_generator
+        from hart_mini.measure.evaluate import evaluate_generator
         from hart_mini.runtime import inference_autocast
 
         kind = "diffusion" if stage == "diffusion" else "hart"
@@ -639,8 +453,8 @@ class Pipeline:
     def bench(self) -> None:
         """The quality-speed frontier at N = bench_n, one seed, cfg 3: HART at its head steps against
         the baseline at BENCH_BASELINE_STEPS DDIM steps, and HART's speed-up at matched quality."""
-        from hart_mini import viz
         from hart_mini.bench import frontier, frontier_figure
+        from hart_mini.course import viz
         from hart_mini.runtime import inference_autocast
 
         hart = self.model_hart
@@ -653,7 +467,7 @@ class Pipeline:
         viz.save(frontier_figure(result), self.out / "bench.png")
 
     def samples(self) -> None:
-        from hart_mini import viz
+        from hart_mini.course import viz
         from hart_mini.runtime import inference_autocast
 
         prompts = self.test.batch(range(16))["caption"]

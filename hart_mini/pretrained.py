@@ -31,10 +31,10 @@ MANIFEST = DATA / "manifest.json"
 
 
 def _loaders() -> dict:
-    from hart_mini.baselines import LatentDiffusion
-    from hart_mini.hart import HART
-    from hart_mini.judge import Judge
-    from hart_mini.tokenizer import HybridTokenizer
+    from hart_mini.measure.judge import Judge
+    from hart_mini.model.baselines import LatentDiffusion
+    from hart_mini.model.hart import HART
+    from hart_mini.model.tokenizer import HybridTokenizer
 
     return {"tokenizer": HybridTokenizer.from_file, "hart": HART.from_file, "judge": Judge.from_file,
             "diffusion": LatentDiffusion.from_file}

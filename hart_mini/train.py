@@ -174,10 +174,10 @@ def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> list[to
     serves every block of a class, so it compiles in seconds, and a block sees tensors only (captions were
     tokenized before, strings never reach it), so it does not recompile from step to step. Returns the
     compiled modules, for uncompile."""
-    from hart_mini import diffusion, tokenizer, transformer
+    from hart_mini.model import blocks, diffusion, tokenizer
 
-    blocks = (transformer.Block, tokenizer.ResBlock, diffusion.ResBlock)
-    compiled = [m for m in model.modules() if isinstance(m, blocks)]
+    repeated = (blocks.Block, tokenizer.ResBlock, diffusion.ResBlock)
+    compiled = [m for m in model.modules() if isinstance(m, repeated)]
     for m in compiled:
         m.forward = torch.compile(m.forward, backend=backend)  # an instance attribute over the class's forward
     return compiled
@@ -359,7 +359,7 @@ def fit(model: torch.nn.Module, params: list[torch.nn.Parameter], batch_fn: Call
 
 
 def _recon_figure(tokenizer, images: torch.Tensor, path: Path) -> None:
-    from hart_mini import viz
+    from hart_mini.course import viz
 
     was_training = tokenizer.training
     tokenizer.eval()
@@ -371,7 +371,7 @@ def _recon_figure(tokenizer, images: torch.Tensor, path: Path) -> None:
 
 
 def _loss_figure(history: list[dict], keys: tuple[str, ...], path: Path) -> None:
-    from hart_mini import viz
+    from hart_mini.course import viz
 
     curves = {k: ([h["step"] for h in history if k in h], [h[k] for h in history if k in h]) for k in keys}
     viz.save(viz.plot_curves({k: v for k, v in curves.items() if v[0]}, xlabel="step", logy=True), path)
@@ -437,9 +437,9 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
 
     import torch.distributed as dist
 
-    from hart_mini.data import ToyShapes
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.tokenizer import HybridTokenizer
     from hart_mini.runtime import describe_device, world
-    from hart_mini.tokenizer import HybridTokenizer
 
     run, device, deadline = _start(run)
     out = _prepare(out, "tokenizer", run, preset, command)
@@ -506,10 +506,15 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
 
 def sample_figure(model, prompts: list[str], path: Path, seed: int = 0) -> None:
     """A captioned grid of samples, written to `path`."""
-    from hart_mini import viz
+    from hart_mini.course import viz
+    from hart_mini.model import sampling_variants
+    from hart_mini.model.hart import HART
 
     was_training = model.training
-    images = model.generate(prompts, seed=seed)
+    if isinstance(model, HART):  # any head mode, the ablations' 'full' and 'early' included
+        images = sampling_variants.generate(model, prompts, seed=seed)
+    else:
+        images = model.generate(prompts, seed=seed)
     model.train(was_training)
     viz.save(viz.image_grid(images * 2 - 1, prompts, ncols=min(8, len(prompts))), path)
 
@@ -517,7 +522,7 @@ def sample_figure(model, prompts: list[str], path: Path, seed: int = 0) -> None:
 def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device):
     """The tokenizer a generator trains on: a file or training folder, else the preset's shipped one."""
     from hart_mini import pretrained
-    from hart_mini.tokenizer import HybridTokenizer
+    from hart_mini.model.tokenizer import HybridTokenizer
 
     if tokenizer is None:
         path = pretrained.path("tokenizer", preset.shipped)
@@ -537,7 +542,7 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
     The model file is written even when the deadline stops the run early; then it says finished: false."""
     import shutil
 
-    from hart_mini.data import ToyShapes
+    from hart_mini.model.data import ToyShapes
     from hart_mini.runtime import describe_device, world
 
     data = ToyShapes(preset.data, "train") if data is None else data
@@ -574,9 +579,9 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
     mode overrides preset.head.mode: off (discrete only), last (HART), full, early. data: the training
     images (default: the preset's ToyShapes train split).
     """
-    from hart_mini.data import ToyShapes
-    from hart_mini.hart import HART
-    from hart_mini.text import CaptionTokenizer
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.hart import HART
+    from hart_mini.model.text import CaptionTokenizer
 
     run, device, deadline = _start(run)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
@@ -595,9 +600,9 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
 def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,
                     command: str = "", data=None) -> dict:
     """Train the latent diffusion baseline on a frozen tokenizer; writes OUT/diffusion.safetensors."""
-    from hart_mini.baselines import LatentDiffusion
-    from hart_mini.data import ToyShapes
-    from hart_mini.text import CaptionTokenizer
+    from hart_mini.model.baselines import LatentDiffusion
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.text import CaptionTokenizer
 
     run, device, deadline = _start(run)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
@@ -618,8 +623,8 @@ def train_judge(preset, out: str | Path, run: RunOptions | None = None, command:
     """Train the judge on real ToyShapes images; writes OUT/judge.safetensors with its held-out accuracy
     (on the first n_eval test images, or on `held`, a batch of them already drawn). The file is written even
     when the deadline stops the run early; then it says finished: false."""
-    from hart_mini.data import ToyShapes
-    from hart_mini.judge import Judge, real_image_metrics
+    from hart_mini.measure.judge import Judge, real_image_metrics
+    from hart_mini.model.data import ToyShapes
     from hart_mini.runtime import describe_device, world
 
     run, device, deadline = _start(run)

@@ -11,8 +11,8 @@ from hart_mini import checkpoint
 from hart_mini.ablate import ABLATIONS
 from hart_mini.cli import main
 from hart_mini.config import get_preset
-from hart_mini.judge import Judge
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.measure.judge import Judge
+from hart_mini.model.tokenizer import HybridTokenizer
 from hart_mini.train import train_diffusion, train_hart
 
 PRESET = get_preset("smoke")
@@ -179,7 +179,7 @@ def test_position_ablation_trains_the_absolute_variant_and_reports_each_ones_sen
     result = json.loads((tmp_path / "position.json").read_text())
     variant = json.loads((tmp_path / "last_absolute_seed0" / "run.json").read_text())
     assert variant["kind"] == "hart"
-    from hart_mini.hart import HART
+    from hart_mini.model.hart import HART
 
     assert HART.from_file(tmp_path / "last_absolute_seed0" / "hart.safetensors").cfg.position == "absolute"
     assert [r["label"] for r in result["rows"]] == list(result["sensitivity"])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from hart_mini.config import DataConfig
-from hart_mini.data import (
+from hart_mini.measure.metrics import high_frequency_energy
+from hart_mini.model.data import (
     COLOURS,
     LABEL_DIM,
     POSITIONS,
@@ -22,7 +23,6 @@ from hart_mini.data import (
     render,
     true_relations,
 )
-from hart_mini.metrics import high_frequency_energy
 
 
 def test_vocabulary_meets_the_design_minimums():
@@ -46,7 +46,7 @@ def test_item_is_identical_on_repeat_and_matches_batch():
 
 
 def _digest_in_subprocess(index: int) -> str:
-    code = ("import hashlib; from hart_mini.data import ToyShapes; "
+    code = ("import hashlib; from hart_mini.model.data import ToyShapes; "
             f"px, _ = ToyShapes().images([{index}]); print(hashlib.sha256(px.tobytes()).hexdigest())")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 

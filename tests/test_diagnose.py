@@ -9,10 +9,10 @@ import torch
 from hart_mini import diagnose
 from hart_mini.cli import main
 from hart_mini.config import get_preset
-from hart_mini.data import ToyShapes, parse_caption
-from hart_mini.hart import HART
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.model.data import ToyShapes, parse_caption
+from hart_mini.model.hart import HART
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 
 PRESET = get_preset("smoke")
 
@@ -71,7 +71,7 @@ def test_forced_scales_are_used_as_given_and_the_rest_is_sampled():
 
 
 def test_forced_scales_rows_cover_every_k():
-    from hart_mini.judge import Judge
+    from hart_mini.measure.judge import Judge
 
     rows = diagnose.forced_scales(_model(), Judge(), PRESET.data, n=4, batch_size=2)
     assert [r["k"] for r in rows] == list(range(len(PRESET.tokenizer.scales) + 1))

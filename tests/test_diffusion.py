@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hart_mini.config import HeadConfig
-from hart_mini.diffusion import CosineSchedule, MLPHead, diffusion_loss, sample
+from hart_mini.model.diffusion import CosineSchedule, MLPHead, diffusion_loss, sample
 
 
 def test_abar_is_monotone_with_the_right_ends():

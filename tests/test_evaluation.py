@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from hart_mini import pretrained
-from hart_mini.baselines import LatentDiffusion
 from hart_mini.config import get_preset
-from hart_mini.data import ToyShapes, parse_caption
-from hart_mini.judge import NONE, Judge, cell_targets, prompt_accuracy
-from hart_mini.metrics import frechet_distance
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.measure.judge import NONE, Judge, cell_targets, prompt_accuracy
+from hart_mini.measure.metrics import frechet_distance
+from hart_mini.model.baselines import LatentDiffusion
+from hart_mini.model.data import ToyShapes, parse_caption
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 
 PRESET = get_preset("smoke")
 

@@ -1,7 +1,7 @@
 """Every exercise checker is a real test: it passes a right answer, fails a plausible wrong one, and gives
 nothing away in the student notebooks.
 
-For each exercise in `hart_mini.exercises`, CASES builds what the notebook gives it (tiny, untrained
+For each exercise in `hart_mini.course.exercises`, CASES builds what the notebook gives it (tiny, untrained
 `smoke` models where a model is needed), a right answer written the way a student would write it, and
 plausible wrong answers (an off-by-one, a missing factor, the wrong slot, a sign-only guess).
 """
@@ -16,16 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hart_mini.check import CheckFailed, check_answer, check_close, check_exact
 from hart_mini.config import SCALES_64, get_preset
-from hart_mini.course import SOLUTION_TAG, student_notebook
-from hart_mini.data import RELATIONS, TEXTURES, ToyShapes
-from hart_mini.diffusion import CosineSchedule
-from hart_mini.exercises import EXERCISES
-from hart_mini.hart import HART
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
-from hart_mini.transformer import Attention, apply_rope
+from hart_mini.course.check import CheckFailed, check_answer, check_close, check_exact
+from hart_mini.course.exercises import EXERCISES
+from hart_mini.course.student import SOLUTION_TAG, student_notebook
+from hart_mini.model.blocks import Attention, apply_rope
+from hart_mini.model.data import RELATIONS, TEXTURES, ToyShapes
+from hart_mini.model.diffusion import CosineSchedule
+from hart_mini.model.hart import HART
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 SMOKE = get_preset("smoke")
@@ -227,7 +227,7 @@ def case_04_1():
 
 
 def case_04_2():
-    from hart_mini.metrics import psnr
+    from hart_mini.measure.metrics import psnr
 
     tokenizer, x = _tokenizer(), _images(3)
     with torch.no_grad():
@@ -239,7 +239,7 @@ def case_04_2():
 
 
 def case_04_3():
-    from hart_mini.metrics import psnr
+    from hart_mini.measure.metrics import psnr
 
     tokenizer, x = _tokenizer(), _images(3)
     with torch.no_grad():
@@ -434,8 +434,8 @@ def case_07_3():
 def _by_hand_generate(hart, prompts, cfg_scale, top_k, top_p, seed, ramp=True, head_guidance=True,
                       continuous_last=True, filtered=True):
     """The sampling loop written out; the keyword arguments make the plausible mistakes."""
-    from hart_mini.diffusion import sample as diffusion_sample
-    from hart_mini.hart import filter_logits, map_to_tokens, tokens_to_map
+    from hart_mini.model.diffusion import sample as diffusion_sample
+    from hart_mini.model.hart import filter_logits, map_to_tokens, tokens_to_map
 
     q, tf, K, B = hart.tokenizer.quantizer, hart.transformer, hart.K, len(prompts)
     g = torch.Generator().manual_seed(seed)
@@ -515,8 +515,8 @@ def case_08_4():
 
 
 def case_09_1():
-    from hart_mini.evaluate import evaluate_generator
-    from hart_mini.judge import Judge
+    from hart_mini.measure.evaluate import evaluate_generator
+    from hart_mini.measure.judge import Judge
 
     hart = _hart()
     torch.manual_seed(0)
@@ -534,8 +534,8 @@ def case_09_2():
 def case_10_1():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hart_mini.baselines import LatentDiffusion
-    from hart_mini.text import text_condition
+    from hart_mini.model.baselines import LatentDiffusion
+    from hart_mini.model.text import text_condition
 
     torch.manual_seed(0)
     baseline = LatentDiffusion(SMOKE.transformer, _tokenizer(), CaptionTokenizer.toyshapes(), SMOKE.baseline).eval()
@@ -606,7 +606,7 @@ def case_12_1():
 
 
 def case_12_2():
-    from hart_mini.transformer import LayerCache, rope_angles
+    from hart_mini.model.blocks import LayerCache, rope_angles
 
     level, key_valid = _levels_and_padding()
     torch.manual_seed(0)
@@ -628,8 +628,8 @@ def case_12_2():
 
 
 def _by_hand_hart_loss(model, images, captions, sampled=True, against="chosen"):
-    from hart_mini.diffusion import diffusion_loss
-    from hart_mini.hart import map_to_tokens, sample
+    from hart_mini.model.diffusion import diffusion_loss
+    from hart_mini.model.hart import map_to_tokens, sample
 
     q = model.tokenizer.quantizer
     ce, logits, h, tokens, f_hat_before_last = _by_hand_ce(model, images, captions, with_logits=True)
@@ -668,7 +668,7 @@ def _two_models():
 
 def case_12_5():
     from hart_mini import pretrained
-    from hart_mini.judge import prompt_accuracy
+    from hart_mini.measure.judge import prompt_accuracy
 
     models, judge = _two_models(), pretrained.load("judge", "cpu")
     prompts = ToyShapes(get_preset("cpu").data, split="test").batch(range(24))["caption"]
@@ -763,7 +763,7 @@ def test_every_exercise_in_a_notebook_is_checked_by_check_answer_with_its_own_ke
         found = [k for s in checkers for k in CHECK_CALL.findall(s)]
         assert found, f"a solution cell in {path.name} has no check_answer after it:\n{solution[:200]}"
         keys += found
-        for s in checkers:  # no expected value in a checker cell: the comparisons live in hart_mini.exercises
+        for s in checkers:  # no expected value in a checker cell: the comparisons live in hart_mini.course.exercises
             by_hand = re.search(r"\bcheck_(close|exact|true)\(", s)
             assert not by_hand, f"{path.name}: a checker cell compares by hand:\n{s}"
     assert all(k.startswith(prefix + ".") for k in keys), keys

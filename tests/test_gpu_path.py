@@ -10,10 +10,10 @@ import torch
 from hart_mini import checkpoint
 from hart_mini.budget import DEVICES, count_ops, step_cost
 from hart_mini.config import HeadConfig, get_preset
-from hart_mini.data import Prerendered, ToyShapes
-from hart_mini.hart import HART
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.model.data import Prerendered, ToyShapes
+from hart_mini.model.hart import HART
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 from hart_mini.train import (
     EMA,
     RunOptions,

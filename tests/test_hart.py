@@ -9,10 +9,11 @@ import torch
 from hart_mini import checkpoint
 from hart_mini.cli import main
 from hart_mini.config import get_preset
-from hart_mini.data import ToyShapes
-from hart_mini.hart import HART
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.model import sampling_variants as variants
+from hart_mini.model.data import ToyShapes
+from hart_mini.model.hart import HART
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 from hart_mini.train import RunOptions, train_hart
 
 PRESET = get_preset("smoke")
@@ -36,7 +37,7 @@ def test_each_mode_trains_and_samples_end_to_end(mode):
     grads = [p.grad for p in model.trainable_parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert all(p.grad is None for p in model.tokenizer.parameters())  # the tokenizer stays frozen
-    images = model.generate(batch["caption"][:2], cfg_scale=2.0, seed=1)
+    images = variants.generate(model, batch["caption"][:2], cfg_scale=2.0, seed=1)  # any head mode
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
 
 
@@ -66,10 +67,10 @@ def test_last_mode_residual_is_added_to_the_discrete_latent():
 def test_in_diffusion_early_the_head_output_feeds_the_next_scale():
     model = _model("early")
     prompts = ["a small blue square at the center"]
-    before = model.sample_latent(prompts, seed=2)["logits"]
+    before = variants.sample_latent(model, prompts, seed=2)["logits"]
     with torch.no_grad():
         model.head.output.bias.fill_(0.5)  # the head now adds a constant correction at every scale
-    after = model.sample_latent(prompts, seed=2)["logits"]
+    after = variants.sample_latent(model, prompts, seed=2)["logits"]
     assert torch.equal(before[0], after[0])  # scale 1 is read from the text alone
     assert not torch.allclose(before[1], after[1])  # scale 2's input includes scale 1's correction
 

@@ -6,11 +6,11 @@ import statistics
 import pytest
 import torch
 
-from hart_mini import evaluate
 from hart_mini.bench import choose_cfg, matched_point, matched_quality
 from hart_mini.config import get_preset
-from hart_mini.data import ToyShapes
-from hart_mini.evaluate import aggregate_seeds, aggregate_training_seeds, attribute_counts, binomial_se, verdict
+from hart_mini.measure import evaluate
+from hart_mini.measure.evaluate import aggregate_seeds, aggregate_training_seeds, attribute_counts, binomial_se, verdict
+from hart_mini.model.data import ToyShapes
 
 
 def test_binomial_se_is_sqrt_p_q_over_n_and_matches_simulated_spread():
@@ -54,8 +54,8 @@ def test_aggregate_seeds_gives_mean_sd_and_binomial_se_on_each_attributes_own_tr
 
 def test_evaluate_generator_weights_each_chunk_by_the_trials_it_counted(monkeypatch):
     """Position accuracy is over one-object captions only: chunks must be pooled by those counts."""
-    import hart_mini.judge as judge_module
-    from hart_mini.judge import Judge
+    import hart_mini.measure.judge as judge_module
+    from hart_mini.measure.judge import Judge
 
     preset = get_preset("smoke")
 

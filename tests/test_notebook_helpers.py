@@ -49,7 +49,7 @@ def test_history_reads_the_committed_file_or_says_it_is_missing(monkeypatch, tmp
 def test_object_crops_centre_on_the_named_cell_and_keep_two_object_images_whole():
     import torch
 
-    from hart_mini.viz import object_crops
+    from hart_mini.course.viz import object_crops
 
     images = torch.zeros(3, 3, 32, 32)
     images[0, :, 0:4, 0:4] = 1.0  # a dot in the top-left corner
@@ -63,8 +63,8 @@ def test_object_crops_centre_on_the_named_cell_and_keep_two_object_images_whole(
 
 
 def test_the_judge_names_what_an_image_gets_wrong_and_where_its_object_is():
-    from hart_mini.data import ToyShapes
-    from hart_mini.judge import misses, object_cells
+    from hart_mini.measure.judge import misses, object_cells
+    from hart_mini.model.data import ToyShapes
 
     judge = pretrained.load("judge", "cpu")
     batch = ToyShapes(get_preset("cpu").data, "test").batch(range(8))
@@ -73,5 +73,5 @@ def test_the_judge_names_what_an_image_gets_wrong_and_where_its_object_is():
     assert wrong[0] and set(wrong[0]) <= {"count", "shape", "colour", "size", "texture", "position", "relation"}
     one = [i for i, c in enumerate(batch["caption"]) if " at the " in c]
     cells = object_cells(judge, batch["image"][one])
-    from hart_mini.data import parse_caption
+    from hart_mini.model.data import parse_caption
     assert cells == [parse_caption(batch["caption"][i])["position"] for i in one]

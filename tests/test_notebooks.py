@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hart_mini.course import COURSE_MAP, STUB, strip_solution, student_notebook, write_student_notebooks
+from hart_mini.course.student import COURSE_MAP, STUB, strip_solution, student_notebook, write_student_notebooks
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -48,7 +48,7 @@ def test_notebook_has_goals_time_checked_outputs_and_exercises(path):
     assert any("## Summary" in s for s in sources) and any("## Exercises" in s for s in sources)
     solutions = [c for c in cells if "solution" in c.get("metadata", {}).get("tags", [])]
     assert len(solutions) >= 2, "at least two exercises with solution cells"
-    assert any("check_" in s for s in sources), "exercises are checked with hart_mini.check"
+    assert any("check_" in s for s in sources), "exercises are checked with hart_mini.course.check"
 
 
 def test_strip_solution_keeps_the_signature_and_stubs_the_body():
@@ -86,7 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_course_map_is_current_and_readme_and_headers_state_its_times():
-    from hart_mini.course import COURSE_PAGES
+    from hart_mini.course.student import COURSE_PAGES
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert {p.stem for p in NOTEBOOKS} == {name for name, *_ in COURSE_MAP}, "the map lists exactly the notebooks"

@@ -14,7 +14,8 @@ from hart_mini import checkpoint, pretrained
 from hart_mini.cli import main
 from hart_mini.config import get_preset
 from hart_mini.export import MAX_FILE_BYTES, MAX_TOTAL_BYTES, export_model, ship_run
-from hart_mini.pipeline import PipelineOptions, dry_run, plan_steps, stage_model
+from hart_mini.pipeline import dry_run, stage_model
+from hart_mini.plan import PipelineOptions, plan_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +167,7 @@ def test_plan_scales_every_stage_by_one_factor_and_drops_the_optional_one_when_s
     required = need - planned["discrete"] * step_s["discrete"]
     assert tight["factor"] == pytest.approx(0.5 * need / required, rel=1e-3)
     assert tight["steps"]["hart"] == int(30 * 0.5 * need / required)
-    from hart_mini.pipeline import make_plan
+    from hart_mini.plan import make_plan
 
     opts = PipelineOptions(preset="smoke", budget_minutes=need * 1.5 / 60, max_scale=10.0)
     filled = make_plan(preset, opts, step_s, {"data": 0.1 * need, "evaluation_discrete": 0.01}, "synthetic")
@@ -176,7 +177,7 @@ def test_plan_scales_every_stage_by_one_factor_and_drops_the_optional_one_when_s
 
 def test_export_refuses_a_file_over_the_limit(tmp_path, monkeypatch):
     from hart_mini import export
-    from hart_mini.tokenizer import HybridTokenizer
+    from hart_mini.model.tokenizer import HybridTokenizer
 
     cfg = get_preset("smoke").tokenizer
     checkpoint.save(tmp_path / "tokenizer.safetensors", HybridTokenizer(cfg).state_dict(),
@@ -200,7 +201,8 @@ def test_readme_device_command_fits_the_device_tool_and_brings_back_at_most_8_fi
 
 def test_the_baselines_steps_are_counted_from_one_and_two_steps():
     from hart_mini.budget import StepCost, count_ops
-    from hart_mini.pipeline import _sample_batch, repeat_steps
+    from hart_mini.pipeline import _sample_batch
+    from hart_mini.plan import repeat_steps
 
     smoke = get_preset("smoke")
     model, _, _ = stage_model("diffusion", smoke, torch.device("cpu"))

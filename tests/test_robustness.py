@@ -124,7 +124,7 @@ def case_hart_into_tokenizer_run(trained, mp):
 @case("data loss", "train a tokenizer into a finished HART run (whose model names its tokenizer by sha256)",
       "train tokenizer --out run  (run/: a finished HART run)", r"^exit 2: error: 'run' holds a hart run")
 def case_tokenizer_into_hart_run(trained, mp):
-    from hart_mini.hart import HART
+    from hart_mini.model.hart import HART
 
     run = copy_run(trained, "har")
     out = cli("train", "tokenizer", *SMOKE, "--out", "run")
@@ -135,7 +135,7 @@ def case_tokenizer_into_hart_run(trained, mp):
 @case("data loss", "the same, told to overwrite", "train tokenizer --out run --overwrite  (run/: a finished HART run)",
       r"^exit 2: error: 'run/tokenizer.safetensors' is the tokenizer that 'run/hart.safetensors' was trained with")
 def case_tokenizer_overwrite_into_hart_run(trained, mp):
-    from hart_mini.hart import HART
+    from hart_mini.model.hart import HART
 
     run = copy_run(trained, "har")
     out = cli("train", "tokenizer", *SMOKE, "--out", "run", "--overwrite")
@@ -167,7 +167,7 @@ def case_hart_overwrite_starts_again(trained, mp):
 @case("data loss", "NaN during training", "train hart --out run  (the weights turn NaN at step 20)",
       r"^exit 2: error: HART: the loss is nan at step 20; lower the learning rate$")
 def case_nan_during_training(trained, mp):
-    from hart_mini.hart import HART
+    from hart_mini.model.hart import HART
 
     original, calls = HART.loss, []
 
@@ -207,7 +207,7 @@ def case_cfg_inf(trained, mp):
 @case("traceback", "a model file holding NaN weights", "sample --ckpt run/hart.safetensors  (NaN in its weights)",
       r"^exit 2: error: 'run/hart.safetensors' holds NaN in ")
 def case_nan_weights_in_a_file(trained, mp):
-    from hart_mini.hart import HART
+    from hart_mini.model.hart import HART
 
     run = copy_run(trained, "har")
     model = HART.from_file(run / "hart.safetensors")
@@ -220,7 +220,7 @@ def case_nan_weights_in_a_file(trained, mp):
 @case("traceback", "a model whose weights turned NaN in memory", "model.generate(prompts)  (NaN weights)",
       r"^FloatingPointError: the token logits are not finite")
 def case_nan_weights_in_memory(trained, mp):
-    from hart_mini.hart import HART
+    from hart_mini.model.hart import HART
 
     model = HART.from_file(trained / "har" / "hart.safetensors")
     with torch.no_grad():
@@ -340,7 +340,7 @@ def _image(name: str, array: np.ndarray, palette: bool = False):
     def run(trained, mp):
         from PIL import Image
 
-        from hart_mini.data import ImageFolder
+        from hart_mini.model.data import ImageFolder
 
         Path("images/a_red_circle").mkdir(parents=True)
         im = Image.fromarray(array)  # the mode follows the array: I;16, F, RGB, L, LA, RGBA
@@ -409,7 +409,7 @@ def case_broken_manifest(trained, mp):
 @case("drift", "widget and tqdm state in a notebook", "course student s  (a notebook with widget state)",
       r"^notebook metadata: kernelspec, language_info; cell metadata: tags$")
 def case_student_notebook_keeps_no_state(trained, mp):
-    from hart_mini.course import write_student_notebooks
+    from hart_mini.course.student import write_student_notebooks
 
     nb = {"cells": [{"cell_type": "code", "execution_count": 3, "outputs": [], "source": "x = 1",
                      "metadata": {"tags": ["solution"], "execution": {"iopub.execute_input": "2024-01-01"}}}],

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from hart_mini.config import get_preset, require
-from hart_mini.data import ToyShapes
-from hart_mini.diffusion import sample as diffusion_sample
-from hart_mini.hart import HART, check_sampling, guide, map_to_tokens, sample, tokens_to_map
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.model import sampling_variants as variants
+from hart_mini.model.data import ToyShapes
+from hart_mini.model.diffusion import sample as diffusion_sample
+from hart_mini.model.hart import HART, check_sampling, guide, map_to_tokens, sample, tokens_to_map
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 
 PRESET = get_preset("smoke")
 PROMPTS = ["a large red striped circle at the top left", "a small blue square left of a yellow triangle",
@@ -131,10 +132,12 @@ def test_sampler_gives_the_pre_split_sampler_outputs_bit_for_bit(mode, use_cache
                   {"cfg_scale": 2.0, "sampling_steps": 3, "seed": 5}):
         for use_head in (True, False):
             args = {"use_cache": use_cache, "use_head": use_head, **knobs}
-            _same(model.sample_latent(PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
+            _same(variants.sample_latent(model, PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
     old = _frozen_sample_latent(model, PROMPTS, cfg_scale=2.0, seed=3, use_cache=use_cache)
     image = model.tokenizer.decode(old["latent"], old["path"]).clamp(-1, 1).add(1).div(2)
-    assert torch.equal(model.generate(PROMPTS, cfg_scale=2.0, seed=3, use_cache=use_cache), image)
+    assert torch.equal(variants.generate(model, PROMPTS, cfg_scale=2.0, seed=3, use_cache=use_cache), image)
+    if use_cache and mode in ("off", "last"):  # HART's own loop: the same images
+        assert torch.equal(model.generate(PROMPTS, cfg_scale=2.0, seed=3), image)
 
 
 @pytest.mark.parametrize("mode", ["off", "last"])
@@ -144,11 +147,19 @@ def test_forced_scales_give_the_pre_split_sampler_outputs(mode):
     for n in (1, 3, len(truth)):
         for use_cache in (True, False):
             args = {"forced": truth[:n], "seed": 2, "use_cache": use_cache}
-            _same(model.sample_latent(PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
+            _same(variants.sample_latent(model, PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
 
 
 def test_sampler_gives_the_pre_split_outputs_with_rope():
     model = _model("last", position="rope")
     for use_cache in (True, False):
         args = {"cfg_scale": 2.0, "seed": 1, "use_cache": use_cache}
-        _same(model.sample_latent(PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
+        _same(variants.sample_latent(model, PROMPTS, **args), _frozen_sample_latent(model, PROMPTS, **args))
+
+
+@pytest.mark.parametrize("mode", ["full", "early"])
+def test_hart_refuses_the_ablation_modes_and_names_where_they_sample(mode):
+    model = _model(mode)
+    with pytest.raises(ValueError, match="sampling_variants.generate"):
+        model.generate(PROMPTS)
+    assert model.generate(PROMPTS, use_head=False).shape[0] == len(PROMPTS)  # the discrete image still works

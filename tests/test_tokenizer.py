@@ -9,9 +9,9 @@ import torch
 from hart_mini import checkpoint
 from hart_mini.cli import main
 from hart_mini.config import SCALES_64, TokenizerConfig, get_preset
-from hart_mini.data import ToyShapes
-from hart_mini.evaluate import evaluate_tokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.measure.evaluate import evaluate_tokenizer
+from hart_mini.model.data import ToyShapes
+from hart_mini.model.tokenizer import HybridTokenizer
 from hart_mini.train import RunOptions, fit, train_tokenizer
 
 SMOKE = get_preset("smoke").tokenizer

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from hart_mini.config import TransformerConfig, get_preset
-from hart_mini.data import ToyShapes
-from hart_mini.hart import HART, caption_dropout, filter_logits
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
+from hart_mini.model import sampling_variants as variants
+from hart_mini.model.data import ToyShapes
+from hart_mini.model.hart import HART, caption_dropout, filter_logits
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
 
 PRESET = get_preset("smoke")
 
@@ -53,7 +54,7 @@ def test_changing_scale_j_never_changes_logits_of_scales_up_to_j(position):
 def test_kv_cached_sampling_matches_one_full_masked_pass(position, cfg_scale):
     model = _model(position)
     prompts = _batch(4)["caption"]
-    cached = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=3, use_cache=True)
+    cached = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=3)
     q = model.tokenizer.quantizer
     ids, mask = model.encode_text(prompts)
     with torch.no_grad():  # one teacher-forced pass over the sampled tokens
@@ -63,7 +64,7 @@ def test_kv_cached_sampling_matches_one_full_masked_pass(position, cfg_scale):
     for k, logits in enumerate(cached["logits"]):
         assert torch.allclose(logits, full[:, starts[k]:starts[k + 1]], atol=1e-5), f"scale {k}"
     assert torch.allclose(cached["h"], h[:, starts[-2]:], atol=1e-5)
-    uncached = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=3, use_cache=False)
+    uncached = variants.sample_latent(model, prompts, cfg_scale=cfg_scale, seed=3, use_cache=False)
     assert all(torch.equal(a, b) for a, b in zip(cached["indices"], uncached["indices"]))
 
 
@@ -165,7 +166,7 @@ def test_bad_transformer_config_names_the_field():
 
 
 def test_grid_position_features_tell_coarse_cells_apart_and_match_fine_cells_at_the_same_place():
-    from hart_mini.transformer import NextScaleTransformer, grid_embedding
+    from hart_mini.model.transformer import NextScaleTransformer, grid_embedding
 
     coarse = grid_embedding(NextScaleTransformer._grid(2, 8), 8, 64)  # the four 2x2 cells, (4, 64)
     fine = grid_embedding(NextScaleTransformer._grid(8, 8), 8, 64)  # the 64 8x8 cells
@@ -176,7 +177,7 @@ def test_grid_position_features_tell_coarse_cells_apart_and_match_fine_cells_at_
 
 
 def test_grid_features_reach_only_the_coarse_scales_and_absolute_has_none():
-    from hart_mini.transformer import NextScaleTransformer
+    from hart_mini.model.transformer import NextScaleTransformer
 
     scales = (1, 2, 3, 4, 6, 8)
     grid = NextScaleTransformer(TransformerConfig(width=32, num_heads=2, position="grid"), scales, 8, 16, 10).grid

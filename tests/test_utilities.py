@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from hart_mini import check, metrics
+from hart_mini.course import check
+from hart_mini.measure import metrics
 from hart_mini.runtime import autocast_dtype, pick_device, seed_everything
 
 

@@ -1,6 +1,6 @@
 """The course's exercises: for each one, what is checked and how its expected answer is computed.
 
-A notebook checks an exercise with `hart_mini.check.check_answer("NN.k", answer, **given)`. The reference
+A notebook checks an exercise with `hart_mini.course.check.check_answer("NN.k", answer, **given)`. The reference
 below receives only `given` (the data, a model, the problem's numbers) and recomputes the answer with the
 package's own functions, so it never depends on the student's code, and no notebook cell holds an
 expected value. `tests/test_exercises.py` feeds every exercise a plausible wrong answer and checks that
@@ -73,14 +73,14 @@ def _(ar_passes=14, mlp_passes=8, mlp_cost=1 / 20):
 
 @exercise("01.1", "radial power spectrum", rtol=1e-6)
 def _(images):
-    from hart_mini.metrics import radial_power_spectrum
+    from hart_mini.measure.metrics import radial_power_spectrum
 
     return radial_power_spectrum(images)
 
 
 @exercise("01.2", "share of images with a striped object")
 def _(data, split="val", n=1000):
-    from hart_mini.data import TEXTURES, ToyShapes
+    from hart_mini.model.data import TEXTURES, ToyShapes
 
     striped = TEXTURES.index("striped")
     scenes = [ToyShapes(data, split=split).scene(i) for i in range(n)]  # from the scenes, not the labels
@@ -89,7 +89,7 @@ def _(data, split="val", n=1000):
 
 @exercise("01.3", "which relation holds between every pair of cells", how="exact")
 def _():
-    from hart_mini.data import RELATIONS, true_relations
+    from hart_mini.model.data import RELATIONS, true_relations
 
     return [[[r in true_relations(a, b) for b in range(9)] for a in range(9)] for r in range(len(RELATIONS))]
 
@@ -157,7 +157,7 @@ def _(tokenizer, indices, random_codes, images):
 
 @exercise("04.1", "mean residual norm per texture of the first object")
 def _(residual, labels):
-    from hart_mini.data import TEXTURES
+    from hart_mini.model.data import TEXTURES
 
     per_image = residual.norm(dim=1).flatten(1).mean(1)  # (B,): mean over positions of the norm over channels
     return {name: float(per_image[labels[:, 3] == i].mean()) for i, name in enumerate(TEXTURES)}
@@ -166,7 +166,7 @@ def _(residual, labels):
 @exercise("04.2", "mean PSNR of the discrete and the continuous path", atol=1e-3)
 @torch.no_grad()
 def _(tokenizer, images):
-    from hart_mini.metrics import psnr
+    from hart_mini.measure.metrics import psnr
 
     rec = tokenizer.reconstruct(images)
     return [float(psnr(rec["discrete"], images).mean()), float(psnr(rec["continuous"], images).mean())]
@@ -175,7 +175,7 @@ def _(tokenizer, images):
 @exercise("04.3", "PSNR with a random residual of the right size per channel", atol=1e-3)
 @torch.no_grad()
 def _(tokenizer, tokens, noise, images):
-    from hart_mini.metrics import psnr
+    from hart_mini.measure.metrics import psnr
 
     std = tokens.residual.std(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1): each channel's spread
     return float(psnr(tokenizer.decode(tokens.f_hat + std * noise, "continuous"), images).mean())
@@ -186,7 +186,7 @@ def _(tokenizer, tokens, noise, images):
 
 @exercise("05.1", "block-causal mask", how="exact")
 def _(level, key_valid):
-    from hart_mini.transformer import block_causal_mask
+    from hart_mini.model.transformer import block_causal_mask
 
     return block_causal_mask(level, key_valid)
 
@@ -194,7 +194,8 @@ def _(level, key_valid):
 @exercise("05.2", "multi-head attention with the block-causal mask (vs the package's Attention)")
 @torch.no_grad()
 def _(state, num_heads, x, level, key_valid):
-    from hart_mini.transformer import Attention, block_causal_mask
+    from hart_mini.model.blocks import Attention
+    from hart_mini.model.transformer import block_causal_mask
 
     attention = Attention(x.shape[-1], num_heads)
     attention.load_state_dict(state)  # the same weights as the answer's module
@@ -219,14 +220,14 @@ def _(model, images, captions, seed=0):
 
 @exercise("05.4", "top-k filtered logits", how="exact")
 def _(logits, ks):
-    from hart_mini.hart import filter_logits
+    from hart_mini.model.hart import filter_logits
 
     return torch.stack([filter_logits(logits, k, 1.0) for k in ks])
 
 
 @exercise("05.5", "guidance t_k at every scale")
 def _(cfg_scale, K):
-    from hart_mini.hart import guide
+    from hart_mini.model.hart import guide
 
     one_zero = torch.tensor([[1.0], [0.0]])  # [cond; uncond] logits: guide() returns (1 + t) * 1 - t * 0
     return [float(guide(one_zero, k, K, cfg_scale)[0, 0]) - 1 for k in range(K)]
@@ -288,7 +289,7 @@ def _(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0):
 
 def _parsed(caption: str) -> list[int]:
     """A caption -> (shape, colour, size, texture) of each object, then the relation (-1 for none)."""
-    from hart_mini.data import parse_caption
+    from hart_mini.model.data import parse_caption
 
     p = parse_caption(caption)
     return [v for o in p["objects"] for v in o] + [-1 if p["relation"] is None else p["relation"]]
@@ -296,7 +297,7 @@ def _parsed(caption: str) -> list[int]:
 
 @exercise("08.2", "the prompt's objects and relation", how="exact", prepare=_parsed)
 def _():
-    from hart_mini.data import COLOUR_NAMES, RELATIONS, SHAPES, SIZES, TEXTURES
+    from hart_mini.model.data import COLOUR_NAMES, RELATIONS, SHAPES, SIZES, TEXTURES
 
     first = [SHAPES.index("square"), COLOUR_NAMES.index("green"), SIZES.index("small"), TEXTURES.index("dotted")]
     second = [SHAPES.index("triangle"), COLOUR_NAMES.index("purple"), SIZES.index("large"), TEXTURES.index("plain")]
@@ -325,7 +326,7 @@ def _(hart, prompts, seed=1, other_seed=2):
 @exercise("09.1", "FD with seeds offset by 0 and by 1000", atol=1e-4)
 @torch.no_grad()
 def _(hart, judge, data, n):
-    from hart_mini.evaluate import evaluate_generator
+    from hart_mini.measure.evaluate import evaluate_generator
 
     return [evaluate_generator(lambda p, s, o=offset: hart.generate(p, seed=s + o), judge, data, n)["fd"]
             for offset in (0, 1000)]
@@ -344,7 +345,7 @@ def _(head_result):
 def _(baseline, prompt):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hart_mini.text import text_condition
+    from hart_mini.model.text import text_condition
 
     ids, mask = baseline.encode_text([prompt, prompt])
     prefix = text_condition(baseline.text, baseline.text_proj, ids, mask, torch.tensor([False, True]))
@@ -404,7 +405,7 @@ def _(f, quantizer):
 @exercise("12.2", "attention in one pass and through the KV cache (vs the package's Attention)")
 @torch.no_grad()
 def _(state, num_heads, x, attend, rope, split):
-    from hart_mini.transformer import Attention, LayerCache
+    from hart_mini.model.blocks import Attention, LayerCache
 
     attention = Attention(x.shape[-1], num_heads)
     attention.load_state_dict(state)
@@ -430,7 +431,7 @@ def _(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0):
 @exercise("12.5", "prompt accuracy of each model")
 @torch.no_grad()
 def _(models, judge, prompts, seed=0):
-    from hart_mini.judge import prompt_accuracy
+    from hart_mini.measure.judge import prompt_accuracy
 
     return {name: prompt_accuracy(judge, model.generate(prompts, seed=seed) * 2 - 1, prompts)["prompt_accuracy"]
             for name, model in models.items()}

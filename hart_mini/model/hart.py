@@ -17,7 +17,8 @@ then at the last scale the head draws d from z = norm(h_K + word_embed(e(r_K))) 
 head.mode selects the ablations of notebook 09: off (discrete only), last (HART), full (MAR-style: the head
 draws the whole last-scale latent from h alone), early (the head corrects every scale; its output feeds
 the next scale's input). The modes 'full' and 'early', and the no-cache reference the KV cache is tested
-against, sample in hart_mini/sampling_variants.py, outside the main loop.
+against, sample in hart_mini/model/sampling_variants.py, outside the main loop: those call HART, HART does
+not call them.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import torch.nn.functional as F
 
 from hart_mini import checkpoint
 from hart_mini.config import MAX_CFG_SCALE, HeadConfig, TransformerConfig, require
-from hart_mini.diffusion import CosineSchedule, MLPHead, diffusion_loss
-from hart_mini.diffusion import sample as diffusion_sample
-from hart_mini.text import CaptionTokenizer
-from hart_mini.tokenizer import HybridTokenizer
-from hart_mini.transformer import NextScaleTransformer
+from hart_mini.model.diffusion import CosineSchedule, MLPHead, diffusion_loss
+from hart_mini.model.diffusion import sample as diffusion_sample
+from hart_mini.model.text import CaptionTokenizer
+from hart_mini.model.tokenizer import HybridTokenizer
+from hart_mini.model.transformer import NextScaleTransformer
 
 
 def check_sampling(cfg_scale: float, top_k: int, top_p: float) -> None:
@@ -309,21 +310,21 @@ class HART(nn.Module):
 
     @torch.no_grad()
     def sample_latent(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
-                      sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
-                      use_head: bool = True, forced: list[torch.Tensor] | None = None) -> dict:
+                      sampling_steps: int | None = None, seed: int = 0, use_head: bool = True,
+                      forced: list[torch.Tensor] | None = None) -> dict:
         """Sample the K token maps, then the head's residual. Returns indices (K x (B, pn, pn)), f_hat (the
         discrete latent), latent (what the decoder reads), path ('discrete' or 'continuous'), the raw
         conditional logits of each scale and the last scale's hidden states h (B, pn_K^2, D).
 
         forced: token maps (B, pn_k, pn_k) for the first len(forced) scales, used instead of sampling them
         (the diagnostic "force the true coarse tokens, let the model draw the rest", hart_mini.diagnose).
-        use_cache=False, and the ablation head modes 'full' and 'early', run hart_mini.sampling_variants."""
+        The no-cache reference and the ablation head modes 'full' and 'early' sample in
+        hart_mini.model.sampling_variants (its sample_latent and generate take any model)."""
         steps, forced = self._sampling_inputs(prompts, cfg_scale, top_k, top_p, sampling_steps, forced)
         head = use_head and self.mode != "off"
-        if not use_cache or (head and self.mode in ("full", "early")):
-            from hart_mini.sampling_variants import sample_latent_variant  # imported here: it imports this module
-
-            return sample_latent_variant(self, prompts, cfg_scale, top_k, top_p, steps, seed, use_cache, head, forced)
+        require(not (head and self.mode in ("full", "early")), "head mode", self.mode,
+                "'last' or 'off' here: the ablation modes sample with hart_mini.model.sampling_variants.generate("
+                "model, prompts) (or pass use_head=False for the discrete image)")
         self.eval()
         q, K, B, guided = self.tokenizer.quantizer, self.K, len(prompts), cfg_scale > 0
         ids, mask, drop = self.text_batch(prompts, guided)
@@ -353,11 +354,13 @@ class HART(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
-                 sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
-                 use_head: bool = True) -> torch.Tensor:
+                 sampling_steps: int | None = None, seed: int = 0, use_head: bool = True) -> torch.Tensor:
         """Prompts -> images (B, 3, H, W) in [0, 1]. use_head=False gives the discrete-only image."""
-        out = self.sample_latent(prompts, cfg_scale, top_k, top_p, sampling_steps, seed, use_cache, use_head)
-        image = self.tokenizer.decode(out["latent"], out["path"])
+        return self.decode(self.sample_latent(prompts, cfg_scale, top_k, top_p, sampling_steps, seed, use_head))
+
+    def decode(self, sampled: dict) -> torch.Tensor:
+        """What sample_latent returned -> images (B, 3, H, W) in [0, 1], through the path it names."""
+        image = self.tokenizer.decode(sampled["latent"], sampled["path"])
         return image.clamp(-1, 1).add(1).div(2)
 
     # --- files ---

@@ -18,11 +18,11 @@ import torch.nn as nn
 
 from hart_mini import checkpoint
 from hart_mini.config import BaselineConfig, TransformerConfig
-from hart_mini.diffusion import CosineSchedule, sample, timestep_embedding
-from hart_mini.hart import caption_dropout, check_sampling
-from hart_mini.text import CaptionTokenizer, TextEncoder, text_condition
-from hart_mini.tokenizer import HybridTokenizer
-from hart_mini.transformer import Block
+from hart_mini.model.blocks import Block
+from hart_mini.model.diffusion import CosineSchedule, sample, timestep_embedding
+from hart_mini.model.hart import caption_dropout, check_sampling
+from hart_mini.model.text import CaptionTokenizer, TextEncoder, text_condition
+from hart_mini.model.tokenizer import HybridTokenizer
 
 
 class LatentDiffusion(nn.Module):

@@ -293,13 +293,13 @@ class HybridTokenizer(nn.Module):
             raise ValueError(f"images must be a (B, 3, {S}, {S}) tensor, got {getattr(x, 'shape', type(x))}")
         if x.shape[1] != 3:
             raise ValueError(f"images must have 3 channels (RGB), got {x.shape[1]} in shape {tuple(x.shape)}; "
-                             "convert greyscale or RGBA first (hart_mini.data.ImageFolder does)")
+                             "convert greyscale or RGBA first (hart_mini.model.data.ImageFolder does)")
         if tuple(x.shape[2:]) != (S, S):
             raise ValueError(f"images are {x.shape[2]}x{x.shape[3]} but this tokenizer takes {S}x{S} "
                              f"(its preset's image_size); resize them or use a tokenizer for that size")
         if not x.is_floating_point():
             raise ValueError(f"images must be float in [-1, 1], got dtype {x.dtype}; "
-                             "uint8 pixels: use hart_mini.data.uint8_to_tensor")
+                             "uint8 pixels: use hart_mini.model.data.uint8_to_tensor")
         if not values:
             return
         lo, hi = float(x.min()), float(x.max())

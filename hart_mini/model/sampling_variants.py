@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from hart_mini.hart import HART, both_branches, guidance_scale, map_to_tokens, tokens_to_map
+from hart_mini.model.hart import HART, both_branches, guidance_scale, map_to_tokens, tokens_to_map
 
 
 class CachedScales:
@@ -93,3 +93,25 @@ def sample_latent_variant(model: HART, prompts: list[str], cfg_scale: float, top
         latent = latent + q.lift(tokens_to_map(code, pn), k)
     return {"indices": indices, "f_hat": f_hat, "latent": latent if head else f_hat,
             "path": "continuous" if head else "discrete", "logits": raw_logits, "h": h[:B]}
+
+
+@torch.no_grad()
+def sample_latent(model: HART, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
+                  sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True, use_head: bool = True,
+                  forced: list[torch.Tensor] | None = None) -> dict:
+    """`HART.sample_latent` for any head mode, with the KV cache or without it (the reference). The main
+    loop's cases go to HART.sample_latent itself; the others run the variant loop above."""
+    head = use_head and model.mode != "off"
+    if use_cache and not (head and model.mode in ("full", "early")):
+        return model.sample_latent(prompts, cfg_scale, top_k, top_p, sampling_steps, seed, use_head, forced)
+    steps, forced = model._sampling_inputs(prompts, cfg_scale, top_k, top_p, sampling_steps, forced)
+    return sample_latent_variant(model, prompts, cfg_scale, top_k, top_p, steps, seed, use_cache, head, forced)
+
+
+@torch.no_grad()
+def generate(model: HART, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,
+             sampling_steps: int | None = None, seed: int = 0, use_cache: bool = True,
+             use_head: bool = True) -> torch.Tensor:
+    """`HART.generate` for any head mode, with or without the KV cache: prompts -> images (B, 3, H, W) in [0, 1]."""
+    return model.decode(sample_latent(model, prompts, cfg_scale, top_k, top_p, sampling_steps, seed, use_cache,
+                                      use_head))

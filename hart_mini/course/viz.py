@@ -72,7 +72,7 @@ def object_crops(images: torch.Tensor, prompts: list[str] | None = None, cells: 
     prompt names; with neither (a two-object prompt, nothing found) the whole image is shown, downsampled.
     images (B, 3, H, W) -> (B, 3, size, size).
     """
-    from hart_mini.data import parse_caption
+    from hart_mini.model.data import parse_caption
 
     B, _, H, W = images.shape
     size = size or H // 2

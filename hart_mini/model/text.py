@@ -21,14 +21,14 @@ import torch
 import torch.nn as nn
 
 from hart_mini.config import require
+from hart_mini.model.blocks import Block  # the generator's block; here without AdaLN
+from hart_mini.model.data import COLOUR_NAMES, POSITIONS, RELATIONS, SHAPES, SIZES, TEXTURES
 
 PAD = "<pad>"
 
 
 def toyshapes_words() -> list[str]:
-    """Every word a ToyShapes caption can use (the grammar in hart_mini.data)."""
-    from hart_mini.data import COLOUR_NAMES, POSITIONS, RELATIONS, SHAPES, SIZES, TEXTURES
-
+    """Every word a ToyShapes caption can use (the grammar in hart_mini.model.data)."""
     words = ["a", "at", "the", *SIZES, *COLOUR_NAMES, *TEXTURES, *SHAPES]
     for phrase in (*POSITIONS, *RELATIONS):
         words += phrase.split()
@@ -121,8 +121,6 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int):
         super().__init__()
-        from hart_mini.transformer import Block  # the same block as the generator, without AdaLN
-
         self.embed = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(torch.randn(max_len, width) * 0.02)
         self.blocks = nn.ModuleList(Block(width, num_heads, adaln=False) for _ in range(depth))

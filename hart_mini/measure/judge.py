@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hart_mini import checkpoint
-from hart_mini.data import COLOURS, SHAPES, SIZES, TEXTURES, parse_caption, true_relations
+from hart_mini.model.data import COLOURS, SHAPES, SIZES, TEXTURES, parse_caption, true_relations
 
 NONE = len(SHAPES)  # the shape class of an empty cell
 HEADS = {"shape": len(SHAPES) + 1, "colour": len(COLOURS), "size": len(SIZES), "texture": len(TEXTURES)}

@@ -5,7 +5,7 @@
     check_close("spectrum", mine, reference)   ->  ✗ spectrum: 3 of 17 entries are off (largest difference 2e-02)
 
 `check_answer` is what every exercise of the course calls. The expected answer comes from
-`hart_mini.exercises`, which recomputes it *independently* from what the notebook gives it (the data, a
+`hart_mini.course.exercises`, which recomputes it *independently* from what the notebook gives it (the data, a
 model, the problem's numbers), with the package's own functions, never from the student's code. Nothing
 an exercise expects is written in a notebook, and a failing check prints the size of the error, not the
 expected value, so the student versions of the notebooks do not give the answers away.
@@ -93,7 +93,7 @@ def check_answer(exercise: str, answer, **given) -> None:
     `given` holds what the exercise starts from (data, a model, the problem's numbers): the reference is
     computed from it alone.
     """
-    from hart_mini.exercises import EXERCISES
+    from hart_mini.course.exercises import EXERCISES
 
     if exercise not in EXERCISES:
         raise KeyError(f"no exercise {exercise!r}; known: {', '.join(sorted(EXERCISES))}")

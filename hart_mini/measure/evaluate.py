@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from hart_mini.data import ToyShapes, parse_caption
-from hart_mini.metrics import frechet_distance, high_frequency_ratio, mse, psnr
+from hart_mini.measure.metrics import frechet_distance, high_frequency_ratio, mse, psnr
+from hart_mini.model.data import ToyShapes, parse_caption
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ def evaluate_generator(generate: Callable[[list[str], int], torch.Tensor], judge
     Batch i of the prompts is drawn with seed i (its first prompt's index). reference: held_out(data_config,
     n), when the caller already has it.
     """
-    from hart_mini.judge import prompt_accuracy
+    from hart_mini.measure.judge import prompt_accuracy
 
     if n < 2:
         raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
