@@ -11,6 +11,7 @@
     eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
     eval judge       the judge's accuracy on real images, and their prompt accuracy
     diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
+    diagnose head    what the residual head adds: head on / off / true residual, free and with true tokens
     bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
     ablate NAME      head, full, early, steps, decoder, cfg, position: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
@@ -297,6 +298,18 @@ def cmd_diagnose(args) -> dict:
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     data = get_preset(args.preset).data
+    if args.what == "head":
+        from hart_mini import diagnose_head
+
+        seeds = [args.seed] if args.seeds is None else args.seeds
+        examples = {}
+        table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples)
+        print(diagnose_head.format_table(table), file=sys.stderr)
+        result = {"model": source, **table}
+        if args.figure:
+            real = diagnose_head.held_out(data, min(args.n, 8))["image"]
+            result["figure"] = str(viz.save(diagnose_head.figure(examples, real), args.figure))
+        return emit(result, args.json)
     result = {"model": source, "cfg": args.cfg, "seed": args.seed,
               "sensitivity": diagnose.caption_sensitivity(model, data, args.n),
               "forced": diagnose.forced_scales(model, judge, data, args.n, args.cfg, args.seed)}
@@ -538,14 +551,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_eval_hart)
 
-    p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve")
+    p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve "
+                                        "(scales, the default), or what the residual head adds (head)")
+    p.add_argument("what", nargs="?", choices=("scales", "head"), default="scales",
+                   help="scales: caption sensitivity per scale and forced coarse scales; head: head on / off / "
+                        "true residual in free generation, with scales 1..K-1 true and with every token true")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=count(1), default=500, help="held-out captions per measurement")
-    p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for the forced-scales samples")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for the samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figure", type=Path, default=None, help="also draw both measurements into this PNG")
+    p.add_argument("--seeds", type=number_list(int), default=None,
+                   help="head: sampling seeds, FD's sd over them (default: --seed only)")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="also draw the measurements (scales) or every cell's example images (head) into this PNG")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_diagnose)

@@ -86,3 +86,65 @@ def test_diagnose_command_writes_json_and_figure(tmp_path, capsys):
     assert result == json.loads(capsys.readouterr().out)
     assert len(result["forced"]) == 7 and set(result["sensitivity"]) == {"scales", "position", "relation"}
     assert fig.stat().st_size > 0
+
+
+def _judge():
+    from hart_mini.measure.judge import Judge
+
+    torch.manual_seed(0)
+    return Judge(PRESET.data.image_size, 8).eval()
+
+
+def test_diagnose_head_gives_every_regime_and_column_with_shared_tokens():
+    from hart_mini import diagnose_head
+
+    model = _model()
+    with torch.no_grad():  # a head whose output depends on its inputs
+        for p in model.head.parameters():
+            p.normal_(0, 0.1)
+    table = diagnose_head.head_table(model, _judge(), PRESET.data, n=6, seeds=(0, 1), batch_size=3)
+    assert list(table["regimes"]) == ["free", "own", "true"] and table["real_residual_rms"] > 0
+    assert "true_residual" not in table["regimes"]["free"] and "head_cosine" not in table["regimes"]["free"]
+    for regime in ("own", "true"):
+        cells = table["regimes"][regime]
+        assert set(diagnose_head.COLUMNS) <= set(cells) and -1 <= cells["head_cosine"] <= 1
+        assert cells["head_size_ratio"] > 0 and cells["head_rms"] > 0
+    # with every token true, the head-off image is the tokenizer's discrete reconstruction, exactly
+    real = diagnose_head.held_out(PRESET.data, 6)
+    drawn = diagnose_head.draw_regime(model, real, "true", 3.0, seed=0, batch_size=3)
+    tok = model.tokenizer
+    discrete = tok.decode(tok.quantizer.quantize(tok.encode(real["image"]))[1], "discrete").clamp(-1, 1).add(1).div(2)
+    assert torch.allclose(drawn["images"]["head_off"], discrete, atol=1e-5)
+    assert not torch.allclose(drawn["images"]["head_on"], drawn["images"]["head_off"])
+
+
+def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch):
+    from hart_mini import diagnose_head
+
+    model = _model()
+    monkeypatch.setattr(model, "_head_sample", lambda z, t, guided, steps, g: torch.zeros(
+        z.shape[0] // (2 if guided else 1), z.shape[1], model.tokenizer.cfg.latent_channels))
+    table = diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), batch_size=4)
+    for cells in table["regimes"].values():
+        assert cells["head_rms"] == 0 and cells["head_on"]["fd"] == cells["head_off"]["fd"]
+    assert table["regimes"]["true"]["head_cosine"] == 0
+
+
+def test_diagnose_head_refuses_a_model_without_a_last_scale_head():
+    from hart_mini import diagnose_head
+
+    model = HART(PRESET.transformer, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(),
+                 dataclasses.replace(PRESET.head, mode="off"))
+    with pytest.raises(ValueError, match="mode 'last'"):
+        diagnose_head.head_table(model, _judge(), PRESET.data, n=4)
+
+
+def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_path, capsys):
+    out, fig = tmp_path / "head.json", tmp_path / "head.png"
+    assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--seeds", "0,1", "--device", "cpu",
+                 "--json", str(out), "--figure", str(fig)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(out.read_text())
+    assert result == json.loads(captured.out) and result["seeds"] == [0, 1]
+    assert "head_on" in result["regimes"]["free"] and "true_residual" in result["regimes"]["true"]
+    assert "real residual rms" in captured.err and fig.stat().st_size > 0

@@ -1,0 +1,167 @@
+"""What the residual head adds: `python -m hart_mini diagnose head`.
+
+HART's head draws the continuous residual d that the discrete tokens lost; the decoder then reads
+f_hat + d instead of f_hat. This probe asks whether d helps, in three regimes of ever better tokens:
+
+    free      the model draws every scale                          (what a user gets)
+    own       the true tokens of scales 1..K-1 are given, the model   (what the head was trained on: h and
+              draws the last scale, the head its residual              the model's own last-scale token)
+    true      every token is the true one; only the head draws      (a perfect transformer)
+
+and in three columns: head on (f_hat + d), head off (f_hat, the discrete path) and, where the true image is
+known (own, true), the true residual (f, the tokenizer's continuous reconstruction). Per cell: FD, prompt
+accuracy, texture accuracy, the high-frequency energy ratio against real images, and for the head the size
+of what it adds, against the real residual:
+
+    rms(d)               sqrt(mean d^2) over every latent entry      the real residual's: rms(f - f_hat_true)
+    size ratio           |d| / |f - f_hat|                          (own, true: the residual it should draw)
+    cosine               <d, f - f_hat> / (|d| |f - f_hat|)         1 = the right direction
+
+The head-on and head-off images of a seed share their tokens (the head draws after the last token), so
+their difference is the head's alone. Noise: FD's sd over sampling seeds, binomial SE of accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from hart_mini.measure.evaluate import aggregate_seeds, attribute_counts, evaluate_generator, held_out
+from hart_mini.measure.metrics import high_frequency_ratio
+
+REGIMES = ("free", "own", "true")
+COLUMNS = ("head_on", "head_off", "true_residual")
+
+
+def forced_count(regime: str, K: int) -> int:
+    """How many scales a regime gives the model: free 0, own K - 1, true K."""
+    return {"free": 0, "own": K - 1, "true": K}[regime]
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(x.float().pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100) -> dict:
+    """Images (N, 3, H, W) in [0, 1] of every column of one regime, for the held-out captions of `real`,
+    batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry)."""
+    tok, K = model.tokenizer, model.K
+    device = next(model.parameters()).device
+    images = {c: [] for c in COLUMNS}
+    sums = {"d2": 0.0, "r2": 0.0, "dr": 0.0, "count": 0}
+    for i in range(0, len(real["caption"]), batch_size):
+        captions = real["caption"][i:i + batch_size]
+        x = real["image"][i:i + batch_size].to(device)
+        f = tok.encode(x)  # (B, C, h, w), the continuous latent
+        truth = tok.tokenize(x).indices
+        out = model.sample_latent(captions, cfg_scale=cfg_scale, seed=seed + i,
+                                  forced=truth[:forced_count(regime, K)])
+        d = out["latent"] - out["f_hat"]  # (B, C, h, w): what the head added
+        images["head_on"].append(model.decode(out).cpu())
+        images["head_off"].append(model.decode({"latent": out["f_hat"], "path": "discrete"}).cpu())
+        if regime != "free":  # the residual the head should have drawn: f - f_hat
+            residual = f - out["f_hat"]
+            images["true_residual"].append(tok.decode(f, "continuous").clamp(-1, 1).add(1).div(2).cpu())
+            sums["r2"] += float(residual.pow(2).sum())
+            sums["dr"] += float((d * residual).sum())
+        sums["d2"] += float(d.pow(2).sum())
+        sums["count"] += d.numel()
+    return {"images": {c: torch.cat(v) for c, v in images.items() if v}, "sums": sums}
+
+
+@torch.no_grad()
+def real_residual_rms(model, real: dict, batch_size: int = 100) -> float:
+    """rms(f - f_hat) of real images with their own tokens: the size of a real residual."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(real["caption"]), batch_size):
+        x = real["image"][i:i + batch_size].to(device)
+        f = model.tokenizer.encode(x)
+        f_hat = model.tokenizer.quantizer.quantize(f)[1]  # the full discrete latent of the true tokens
+        total += float((f - f_hat).pow(2).sum())
+        count += f.numel()
+    return math.sqrt(total / count)
+
+
+def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] = (0, 1000, 2000),
+               cfg_scale: float = 3.0, batch_size: int = 100, examples: dict | None = None) -> dict:
+    """The whole table: {regime: {column: metrics}} with FD (sd over seeds), prompt and texture accuracy
+    (binomial SE), high-frequency ratio; per regime the head's rms, size ratio and cosine (mean and sd over
+    seeds); and the real residual's rms. One forward pass per (regime, seed) serves every column.
+    examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`."""
+    if model.mode != "last":
+        raise ValueError(f"head mode {model.mode!r}: diagnose head needs a HART whose head draws the last "
+                         "scale's residual (mode 'last')")
+    if n < 2:
+        raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
+    real = held_out(data_config, n)
+    counts = attribute_counts(real["caption"])
+    table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
+                   "real_residual_rms": round(real_residual_rms(model, real, batch_size), 4), "regimes": {}}
+    bar = tqdm(total=len(REGIMES) * len(seeds), desc="diagnose head", leave=False)
+    for regime in REGIMES:
+        rows = {c: [] for c in COLUMNS}
+        head = {"rms": [], "size_ratio": [], "cosine": []}
+        for seed in seeds:
+            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size)
+            for column, images in drawn["images"].items():
+                if examples is not None and seed == seeds[0]:
+                    examples[f"{regime}: {column.replace('_', ' ')}"] = images[:8]
+                row = evaluate_generator(lambda p, i, im=images: im[i:i + len(p)], judge, data_config, n,
+                                         batch_size, reference=real)
+                row["hf_ratio"] = round(high_frequency_ratio(images * 2 - 1, real["image"]), 4)
+                rows[column].append(row)
+            s = drawn["sums"]
+            head["rms"].append(math.sqrt(s["d2"] / s["count"]))
+            if regime != "free":
+                head["size_ratio"].append(math.sqrt(s["d2"] / max(s["r2"], 1e-12)))
+                head["cosine"].append(s["dr"] / max(math.sqrt(s["d2"] * s["r2"]), 1e-12))
+            bar.update(1)
+        cells = {}
+        for column, per_seed in rows.items():
+            if per_seed:
+                cell = aggregate_seeds(per_seed, counts)
+                hf = [r["hf_ratio"] for r in per_seed]
+                cell["hf_ratio"] = round(sum(hf) / len(hf), 4)
+                cells[column] = {k: v for k, v in cell.items()
+                                 if k in ("n", "fd", "fd_sd", "hf_ratio") or k.startswith(("prompt_accuracy",
+                                                                                           "acc_texture"))}
+        for name, values in head.items():
+            if values:
+                mean = sum(values) / len(values)
+                sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+                cells[f"head_{name}"], cells[f"head_{name}_sd"] = round(mean, 4), round(sd, 4)
+        table["regimes"][regime] = cells
+    bar.close()
+    return table
+
+
+def format_table(table: dict) -> str:
+    """The table for people: one line per regime and column."""
+    lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}; "
+             f"real residual rms {table['real_residual_rms']:.3f}",
+             f"{'regime':<7}{'column':<15}{'FD':>14}{'prompt acc':>16}{'texture':>16}{'HF ratio':>10}"]
+    for regime, cells in table["regimes"].items():
+        for column in COLUMNS:
+            c = cells.get(column)
+            if c is None:
+                continue
+            lines.append(f"{regime:<7}{column:<15}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}"
+                         f"{c['prompt_accuracy']:>9.3f} ±{c['prompt_accuracy_se']:.3f}"
+                         f"{c['acc_texture']:>9.3f} ±{c['acc_texture_se']:.3f}{c['hf_ratio']:>10.3f}")
+        extra = f"        head rms {cells['head_rms']:.3f}"
+        if "head_cosine" in cells:
+            extra += (f", size ratio |d|/|f - f_hat| {cells['head_size_ratio']:.2f}, "
+                      f"cosine {cells['head_cosine']:.2f}")
+        lines.append(extra)
+    return "\n".join(lines)
+
+
+def figure(examples: dict, real: torch.Tensor):
+    """The real images, then every cell's first images, one row each: what the head adds, to the eye."""
+    from hart_mini.course import viz
+
+    return viz.image_rows({"real": real[:8], **{k: v * 2 - 1 for k, v in examples.items()}})
