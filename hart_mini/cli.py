@@ -12,6 +12,7 @@
     eval judge       the judge's accuracy on real images, and their prompt accuracy
     diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
     diagnose head    what the residual head adds: head on / off / true residual, free and with true tokens
+    diagnose text    whether a model reads word order: CE of true tokens under mirrored / swapped captions
     bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
     ablate NAME      head, full, early, steps, decoder, cfg, position: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
@@ -294,10 +295,16 @@ def cmd_diagnose(args) -> dict:
     if args.json:
         runs.output_file(args.json, "--json")
     if args.figure:
+        if args.what == "text":
+            raise ValueError("--figure draws the 'scales' and 'head' diagnoses; 'text' prints its table and JSON")
         runs.output_file(args.figure, "--figure", IMAGE_SUFFIXES)
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     data = get_preset(args.preset).data
+    if args.what == "text":
+        result = {"model": source, **diagnose.text_probe(model, data, args.n)}
+        print(diagnose.format_text_probe(result), file=sys.stderr)
+        return emit(result, args.json)
     if args.what == "head":
         from hart_mini import diagnose_head
 
@@ -552,10 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_hart)
 
     p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve "
-                                        "(scales, the default), or what the residual head adds (head)")
-    p.add_argument("what", nargs="?", choices=("scales", "head"), default="scales",
+                                        "(scales, the default), what the residual head adds (head), whether "
+                                        "the model reads word order (text)")
+    p.add_argument("what", nargs="?", choices=("scales", "head", "text"), default="scales",
                    help="scales: caption sensitivity per scale and forced coarse scales; head: head on / off / "
-                        "true residual in free generation, with scales 1..K-1 true and with every token true")
+                        "true residual in free generation, with scales 1..K-1 true and with every token true; "
+                        "text: the likelihood test of two-object captions mirrored, swapped or changed")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")

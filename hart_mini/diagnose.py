@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hart_mini.model.data import POSITIONS, RELATIONS, ToyShapes, parse_caption
+from hart_mini.model.data import COLOUR_NAMES, POSITIONS, RELATIONS, SHAPES, SIZES, TEXTURES, ToyShapes, parse_caption
 
 OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -128,6 +128,103 @@ def forced_scales(model, judge, data_config, n: int = 500, cfg_scale: float = 3.
         rows.append({"k": k, "forced_tokens": sum(p * p for p in model.scales[:k]), "n": total,
                      **{key: round(v / total, 4) for key, v in hits.items()}})
     return rows
+
+
+# --- does the model read the caption's words *in order*? (`python -m hart_mini diagnose text`) ---------
+
+TEXT_EDITS = ("relation mirrored", "colours swapped", "shapes swapped", "colour changed")
+
+
+def caption_of(parsed: dict) -> str:
+    """The caption the grammar writes for a parse_caption result (its inverse)."""
+    def words(shape: int, colour: int, size: int, texture: int) -> str:
+        textured = f"{TEXTURES[texture]} " if texture else ""  # 'plain' is left out of captions
+        return f"a {SIZES[size]} {COLOUR_NAMES[colour]} {textured}{SHAPES[shape]}"
+
+    first = words(*parsed["objects"][0])
+    if parsed["position"] is not None:
+        return f"{first} at the {POSITIONS[parsed['position']]}"
+    return f"{first} {RELATIONS[parsed['relation']]} {words(*parsed['objects'][1])}"
+
+
+def edit_caption(caption: str, edit: str) -> str | None:
+    """A two-object caption with one thing changed, or None when the edit changes nothing (both objects share
+    the swapped attribute) or the caption has one object. Only word order tells the first three apart from
+    the truth: the same words stand in another order. The last changes a word (a control)."""
+    parsed = parse_caption(caption)
+    if len(parsed["objects"]) != 2:
+        return None
+    a, b = parsed["objects"]
+    if edit == "relation mirrored":
+        return flip_caption(caption)[0]
+    field = {"colours swapped": 1, "shapes swapped": 0}.get(edit)
+    if field is not None:
+        if a[field] == b[field]:
+            return None
+        a2, b2 = list(a), list(b)
+        a2[field], b2[field] = b[field], a[field]
+        return caption_of({**parsed, "objects": [tuple(a2), tuple(b2)]})
+    if edit == "colour changed":  # the first object's colour becomes one that neither object has
+        other = next(c for c in range(len(COLOUR_NAMES)) if c not in (a[1], b[1]))
+        return caption_of({**parsed, "objects": [(a[0], other, a[2], a[3]), b]})
+    raise ValueError(f"edit={edit!r} is invalid: expected one of {TEXT_EDITS}")
+
+
+def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
+    """The likelihood test: for n held-out two-object images, the true tokens' cross-entropy under the true
+    caption and under each edit of it. Per edit: the CE rise per scale (nats/token, with its SE), the rise
+    over all tokens, and the share of images whose true caption explains their tokens better (lower CE over
+    all tokens; chance 0.5 for a model blind to the edit), with its binomial SE.
+
+    A word-order-blind caption encoder scores 'colours swapped', 'shapes swapped' and 'relation mirrored'
+    at chance: their words are the true caption's words in another order."""
+    from hart_mini.measure.evaluate import binomial_se
+
+    if n < 1:
+        raise ValueError(f"n={n} is invalid: expected at least 1 two-object caption")
+    data = ToyShapes(data_config, "test", size=max(10 * n, 100))
+    device = next(model.parameters()).device
+    rows = {edit: [] for edit in TEXT_EDITS}  # (index, edited caption)
+    for i in range(len(data)):
+        caption = data.scene(i).caption
+        for edit in TEXT_EDITS:
+            edited = edit_caption(caption, edit)
+            if edited is not None and len(rows[edit]) < n:
+                rows[edit].append((i, edited))
+        if all(len(r) == n for r in rows.values()):
+            break
+    sizes = torch.tensor([p * p for p in model.scales], dtype=torch.float64)  # tokens per scale
+    out = {"scales": list(model.scales), "edits": {}}
+    for edit, picked in rows.items():
+        true_ce, edited_ce = [], []
+        for start in tqdm(range(0, len(picked), batch_size), desc=f"text probe ({edit})", leave=False):
+            chunk = picked[start:start + batch_size]
+            batch = data.batch([i for i, _ in chunk])
+            images = batch["image"].to(device)
+            true_ce.append(scale_cross_entropy(model, images, batch["caption"]).double().cpu())
+            edited_ce.append(scale_cross_entropy(model, images, [c for _, c in chunk]).double().cpu())
+        t, e = torch.cat(true_ce), torch.cat(edited_ce)  # (N, K)
+        diff = e - t
+        overall = (diff * sizes).sum(1) / sizes.sum()  # (N,): the rise over all image tokens
+        wins = float((overall > 0).double().mean())
+        out["edits"][edit] = {"n": len(picked), "sensitivity": _rounded(diff.mean(0)),
+                              "sensitivity_se": _rounded(diff.std(0) / len(picked) ** 0.5),
+                              "overall": round(float(overall.mean()), 5),
+                              "true_caption_wins": round(wins, 4),
+                              "true_caption_wins_se": round(binomial_se(wins, len(picked)), 4)}
+    return out
+
+
+def format_text_probe(result: dict) -> str:
+    """The probe as a table for people: one line per edit, the CE rise per scale, and who wins."""
+    scales = "".join(f"{f'{p}x{p}':>9}" for p in result["scales"])
+    lines = [f"{'edit':<19}{'n':>5}{scales}{'all tokens':>12}   true caption wins",
+             f"{'':<24}(CE rise, nats/token)"]
+    for edit, r in result["edits"].items():
+        per = "".join(f"{v:>9.4f}" for v in r["sensitivity"])
+        lines.append(f"{edit:<19}{r['n']:>5}{per}{r['overall']:>12.5f}   {r['true_caption_wins']:.3f} "
+                     f"± {r['true_caption_wins_se']:.3f}")
+    return "\n".join(lines)
 
 
 def _rounded(x: torch.Tensor) -> list[float]:

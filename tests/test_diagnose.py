@@ -148,3 +148,46 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert result == json.loads(captured.out) and result["seeds"] == [0, 1]
     assert "head_on" in result["regimes"]["free"] and "true_residual" in result["regimes"]["true"]
     assert "real residual rms" in captured.err and fig.stat().st_size > 0
+
+
+def test_caption_edits_keep_the_words_and_change_what_is_asked():
+    caption = "a small blue square left of a large yellow dotted triangle"
+    assert diagnose.caption_of(parse_caption(caption)) == caption
+    swapped = {"colours swapped": "a small yellow square left of a large blue dotted triangle",
+               "shapes swapped": "a small blue triangle left of a large yellow dotted square"}
+    assert all(diagnose.edit_caption(caption, edit) == want for edit, want in swapped.items())
+    assert diagnose.edit_caption(caption, "relation mirrored").endswith("right of a large yellow dotted triangle")
+    assert diagnose.edit_caption("a small red circle at the top", "colours swapped") is None  # one object
+    assert diagnose.edit_caption("a small red circle left of a large red square", "colours swapped") is None
+    for c in ToyShapes(PRESET.data, "test").batch(range(80))["caption"]:
+        for edit in diagnose.TEXT_EDITS:
+            edited = diagnose.edit_caption(c, edit)
+            if edited is not None:  # a caption the grammar can write, asking for something else
+                assert parse_caption(edited) != parse_caption(c)
+                if edit != "colour changed":  # the same words in another order
+                    assert sorted(edited.split()) == sorted(c.split()) or edit == "relation mirrored"
+    with pytest.raises(ValueError, match="edit="):
+        diagnose.edit_caption(caption, "louder")
+
+
+def test_text_probe_is_at_chance_for_a_blind_model_and_sees_edits_a_reading_model_sees():
+    model = _model()  # AdaLN-Zero at init: no image token reads the words
+    blind = diagnose.text_probe(model, PRESET.data, n=6, batch_size=3)
+    assert set(blind["edits"]) == set(diagnose.TEXT_EDITS)
+    for r in blind["edits"].values():
+        assert r["n"] == 6 and all(abs(v) < 1e-5 for v in r["sensitivity"][1:])
+    with torch.no_grad():
+        for block in model.transformer.blocks:
+            block.modulation[1].weight.normal_(0, 0.5)
+    reading = diagnose.text_probe(model, PRESET.data, n=6, batch_size=3)
+    assert abs(reading["edits"]["colour changed"]["overall"]) > 1e-4
+    assert "true caption wins" in diagnose.format_text_probe(reading)
+
+
+def test_diagnose_text_command_prints_the_probe_and_refuses_a_figure(tmp_path, capsys):
+    out = tmp_path / "text.json"
+    assert main(["diagnose", "text", "--preset", "smoke", "--n", "3", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["edits"]["relation mirrored"]["n"] == 3 and "true caption wins" in capsys.readouterr().err
+    assert main(["diagnose", "text", "--preset", "smoke", "--figure", str(tmp_path / "t.png")]) == 2
+    assert "--figure" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
