@@ -175,6 +175,10 @@ class HeadConfig:
     # at least last_keep tokens stay. 0 = off: every token trains.
     last_drop: float = 0.0
     last_keep: int = 32
+    # The head stage: after the joint training, this many steps train the head alone (transformer frozen, its
+    # final averaged weights), so that the head learns against the transformer it will sample with. 0 = off
+    # (HART: the head trains only jointly). Measured in notebook 07, section 4.
+    stage_steps: int = 0
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -194,6 +198,10 @@ class HeadConfig:
         require(self.last_drop == 0 or self.mode in ("last", "off"), "last_drop", self.last_drop,
                 f"0 with mode={self.mode!r} (token subsampling is for the 'last' and 'off' modes)")
         require(_is_int(self.last_keep) and self.last_keep >= 1, "last_keep", self.last_keep, "an integer >= 1")
+        require(_is_int(self.stage_steps) and self.stage_steps >= 0, "stage_steps", self.stage_steps,
+                "an integer >= 0 (0 = no head stage)")
+        require(self.stage_steps == 0 or self.mode in ("last", "full", "early"), "stage_steps", self.stage_steps,
+                f"0 with mode={self.mode!r} (a head stage needs a head)")
 
 
 @dataclass(frozen=True)

@@ -559,6 +559,12 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
     result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss, cfg,
                  out, meta, run, figures, name, tokens_per_sample, deadline)
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
+    stage_steps = getattr(getattr(model, "head_cfg", None), "stage_steps", 0)
+    if stage_steps and result["finished"]:  # the head stage: the head alone, on the final transformer
+        stage = _head_stage(model, cfg, stage_steps, data, out, meta, run, device, deadline, tokens_per_sample)
+        summary["head_stage"] = {k: stage[k] for k in ("step", "seconds", "finished")}
+        result = {**result, "seconds": result["seconds"] + stage["seconds"], "finished": stage["finished"]}
+        figures(stage["step"], result["history"])
     if world()[0] == 0:
         if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
             shutil.copyfile(tok_path, out / "tokenizer.safetensors")  # a model file names its tokenizer beside it
@@ -570,6 +576,24 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
             runs.mark(out, "finished")
         summary["model"] = str(target)
     return summary
+
+
+def _head_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict, run: RunOptions,
+                device: torch.device, deadline: float | None, tokens_per_sample: int) -> dict:
+    """Train HART's head alone for `steps` steps on the transformer as it is now (the joint training's
+    final, averaged weights), in OUT/head_stage: the diffusion loss only (HART.loss(head_only=True)), the
+    same batches and learning rate as the joint training, no weight average. Returns fit's result."""
+    stage_cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 4), ema=0.0,
+                                    weight_decay=0.0, checkpoint_every=min(cfg.checkpoint_every, steps),
+                                    log_every=min(cfg.log_every, steps))
+    params = [*model.head.parameters(), *model.cond_norm.parameters()]
+
+    def loss(batch: dict):
+        return model.loss(batch["image"].to(device, non_blocking=True), captions_of(batch, device), head_only=True)
+
+    return fit(model, params, toyshapes_batches(data, stage_cfg, model.text_tokenizer), loss, stage_cfg,
+               out / "head_stage", {**meta, "stage": "head"}, run, None, "HART head stage", tokens_per_sample,
+               deadline)
 
 
 def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,

@@ -161,3 +161,35 @@ def test_cli_trains_discrete_only_and_samples(tmp_path, capsys):
     assert grid.is_file() and result["prompts"] == ["a small red circle at the top"] * 2
     assert main(["sample", "--ckpt", str(out), "--prompt", "a purple hexagon", "--out", str(grid)]) == 2
     assert "unknown word 'hexagon'" in capsys.readouterr().err
+
+
+def test_the_head_stage_trains_the_head_alone_and_resumes_exactly(tmp_path):
+    tok = _tokenizer_file(tmp_path)
+    joint = _short()
+    staged = dataclasses.replace(joint, head=dataclasses.replace(joint.head, stage_steps=3))
+    train_hart(joint, tmp_path / "joint", tok)
+    result = train_hart(staged, tmp_path / "staged", tok)
+    assert result["head_stage"]["step"] == 3 and (tmp_path / "staged" / "head_stage").is_dir()
+    a, _ = checkpoint.load(tmp_path / "joint" / "hart.safetensors")
+    b, meta = checkpoint.load(tmp_path / "staged" / "hart.safetensors")
+    head = [k for k in a if k.startswith(("head.", "cond_norm."))]
+    assert head and all(torch.equal(a[k], b[k]) for k in a if k not in head), "the stage moved the transformer"
+    assert not all(torch.equal(a[k], b[k]) for k in head), "the stage did not train the head"
+    assert meta["head"]["stage_steps"] == 3
+    cut = train_hart(staged, tmp_path / "pieces", tok, RunOptions(max_minutes=0))
+    assert cut["finished"] is False and "head_stage" not in cut
+    train_hart(staged, tmp_path / "pieces", tok, RunOptions(resume=True))
+    c, _ = checkpoint.load(tmp_path / "pieces" / "hart.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b), "the resumed staged run differs from the uninterrupted one"
+
+
+def test_head_only_loss_gives_no_gradient_to_the_transformer():
+    model = _model("last").train()
+    batch = ToyShapes(PRESET.data).batch(range(4))
+    loss, logs = model.loss(batch["image"], batch["caption"], head_only=True)
+    loss.backward()
+    assert torch.equal(loss.detach(), logs["diff"])
+    assert all(p.grad is None for p in model.transformer.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+    with pytest.raises(ValueError, match="head_only"):
+        _model("off").loss(batch["image"], batch["caption"], head_only=True)

@@ -169,12 +169,11 @@ class HART(nn.Module):
 
     # --- what the head is trained on ---
 
-    def condition(self, h: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        """z = norm(h + word_embed(e(r))), or norm(h) for the full-token head. h (B, n, D), idx (B, n)."""
-        if idx is None:
-            return self.cond_norm(h)
-        e = self.tokenizer.quantizer.codebook(idx)  # (B, n, C)
-        return self.cond_norm(h + self.transformer.word_embed(e))
+    def condition(self, h: torch.Tensor, idx: torch.Tensor | None, frozen: bool = False) -> torch.Tensor:
+        """z = norm(h + word_embed(e(r))), or norm(h) for the full-token head. h (B, n, D), idx (B, n).
+        frozen: no gradient reaches the transformer (h, word_embed), only the norm (the head stage)."""
+        x = h if idx is None else h + self.transformer.word_embed(self.tokenizer.quantizer.codebook(idx))
+        return self.cond_norm(x.detach() if frozen else x)
 
     def _targets(self, images: torch.Tensor, check_values: bool = True):
         """Tokens, teacher-forcing inputs and the continuous targets (before choosing r) for each mode."""
@@ -218,16 +217,21 @@ class HART(nn.Module):
         kept = last_kept_count(self.head_cfg, n, torch.rand(()))  # drawn on the CPU: no GPU sync
         return torch.randperm(n, device=device)[:kept].sort().values  # (kept,)
 
-    def loss(self, images: torch.Tensor, captions: list[str] | tuple[torch.Tensor, torch.Tensor]
-             ) -> tuple[torch.Tensor, dict]:
+    def loss(self, images: torch.Tensor, captions: list[str] | tuple[torch.Tensor, torch.Tensor],
+             head_only: bool = False) -> tuple[torch.Tensor, dict]:
         """CE over the image tokens + lambda * diffusion loss of the head (if any). The logs are detached
-        tensors: reading them back would stall a GPU, so the trainer does it only when it logs."""
+        tensors: reading them back would stall a GPU, so the trainer does it only when it logs.
+
+        head_only (the head stage, HeadConfig.stage_steps): the transformer runs without gradients and the
+        loss is the diffusion loss alone, so the head learns against the very transformer it samples with."""
+        require(not (head_only and self.mode == "off"), "head_only", head_only, "False for a model without a head")
         with torch.no_grad():
             indices, inputs, exact = self._targets(images, check_values=False)
         ids, mask = self.encode_text(captions)
         drop = caption_dropout(ids.shape[0], self.cfg.cond_dropout, ids.device)
         keep = self.kept_last_tokens(ids.device)
-        logits, h = self.transformer(ids, mask, inputs, drop, keep)  # (B, L, V), (B, L, D); L shorter with keep
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not head_only):
+            logits, h = self.transformer(ids, mask, inputs, drop, keep)  # (B, L, V), (B, L, D); L shorter with keep
         targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
         last = self.transformer.starts[-2]  # first token of the last scale
         weights = self.token_weights  # (L,) the CE weight of each token
@@ -244,17 +248,19 @@ class HART(nn.Module):
         h_head = h if self.mode == "early" else h[:, last:]
         truth = targets if self.mode == "early" else targets[:, last:]
         if self.mode == "full":
-            z, target = self.condition(h_head, None), exact
+            z, target = self.condition(h_head, None, head_only), exact
         else:
             with torch.no_grad():  # NaN logits (a diverged run) become finite here, so that sampling does not
                 # raise before the trainer sees the NaN loss and stops with its own message
                 drawn = torch.nan_to_num(logits[:, -truth.shape[1]:].detach().float(), nan=0.0)
                 chosen = sample(drawn, 0, 1.0, None) if self.head_cfg.sampled_tokens else truth
-            z = self.condition(h_head, chosen)
+            z = self.condition(h_head, chosen, head_only)
             target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
         diff = diffusion_loss(self.head, (target / self.residual_scale).flatten(0, 1), z.flatten(0, 1),
                               self.schedule, self.head_cfg.prediction, self.head_cfg.batch_mul)
         logs["diff"] = diff.detach()
+        if head_only:
+            return diff, logs
         return ce + self.head_cfg.loss_weight * diff, logs
 
     # --- sampling: the text once, then scale by scale against the KV cache, then the head at the last scale ---
