@@ -95,17 +95,20 @@ def diffusion_loss(head: nn.Module, x0: torch.Tensor, z: torch.Tensor, schedule:
 def sample(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: tuple[int, ...],
            schedule: CosineSchedule, sampling_steps: int, prediction: str, method: str = "ddim",
            generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-           clip_x0: float | None = None) -> torch.Tensor:
+           clip_x0: float | None = None, temperature: float = 1.0) -> torch.Tensor:
     """Draw x0 of `shape` by running model(x_t, t) -> eps or v over a respaced chain of steps.
 
     DDIM (eta = 0):  x_{t'} = sqrt(abar_t') x0_hat + sqrt(1 - abar_t') eps_hat
     DDPM (ancestral) on the respaced chain: beta = 1 - abar_t / abar_t', x_{t'} ~ q(x_t' | x_t, x0_hat).
     clip_x0: clamp x0_hat to [-clip_x0, clip_x0] at every step, and take eps_hat consistent with the clamped
     x0_hat (HART's head does this in its scaled units: iDDPM's clip_denoised=True, clip_x0 = 1).
+    temperature: the start x_T ~ N(0, temperature^2 I), and DDPM's fresh noise scaled alike (MAR's sampler
+    temperature); 0 draws no noise at all: DDIM then follows the model's means from x_T = 0.
     """
     require(method in ("ddim", "ddpm"), "method", method, "'ddim' or 'ddpm'")
+    require(temperature >= 0, "temperature", temperature, "a number >= 0 (1 = the model's own spread)")
     steps = schedule.respaced(sampling_steps)
-    x = torch.randn(shape, generator=generator, device=device)
+    x = torch.randn(shape, generator=generator, device=device) * temperature
     for i, t in enumerate(steps):
         t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
         x0, eps = schedule.split(model(x, t_batch), x, t_batch, prediction)
@@ -122,7 +125,7 @@ def sample(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: t
             beta = 1 - a / a_next
             mean = (math.sqrt(a_next) * beta / (1 - a)) * x0 + (math.sqrt(1 - beta) * (1 - a_next) / (1 - a)) * x
             var = beta * (1 - a_next) / (1 - a)
-            x = mean + math.sqrt(var) * torch.randn(shape, generator=generator, device=device)
+            x = mean + temperature * math.sqrt(var) * torch.randn(shape, generator=generator, device=device)
     return x
 
 
