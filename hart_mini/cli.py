@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -194,8 +195,12 @@ def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
-    result = train_hart(get_preset(args.preset), args.out, args.tokenizer, run_options(args, "hart"), command_line(),
-                        mode)
+    preset = get_preset(args.preset)
+    if args.head_stage_steps is not None:
+        preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, stage_steps=args.head_stage_steps))
+    if args.train_seed is not None:
+        preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=args.train_seed))
+    result = train_hart(preset, args.out, args.tokenizer, run_options(args, "hart"), command_line(), mode)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -497,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=HEAD_MODES, default=None,
                    help="residual head: off, last (HART, the preset default), full (MAR-style), early")
     p.add_argument("--no-residual-head", action="store_true", help="the discrete-only model (same as --mode off)")
+    p.add_argument("--head-stage-steps", type=count(0), default=None,
+                   help="after the joint training, train the head alone this many steps on the final transformer "
+                        "(default: the preset's, 0)")
+    p.add_argument("--train-seed", type=count(0), default=None,
+                   help="seed of the initial weights and the batches (default: the preset's, 0)")
     training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
                  on_tokenizer=False)
