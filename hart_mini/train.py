@@ -543,9 +543,7 @@ def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device
     else:
         path = Path(tokenizer) / "tokenizer.safetensors" if Path(tokenizer).is_dir() else Path(tokenizer)
     tok = HybridTokenizer.from_file(path, device)
-    if tok.cfg.image_size != preset.data.image_size:
-        raise ValueError(f"the tokenizer {str(path)!r} takes {tok.cfg.image_size} px images but preset "
-                         f"{preset.name!r} draws {preset.data.image_size} px ones")
+    pretrained.check_fits(tok, preset, path)  # its image size and latent grid are the preset's
     return tok, path
 
 
