@@ -33,36 +33,36 @@ def _untouched(repo: Path, folder: str, command: tuple[str, ...]) -> str:
     return out
 
 
+def _data_untouched(mp, *command: str) -> str:
+    """The outcome of a command run in a copy of the shipped set, which it must leave as it was."""
+    return _untouched(shipped_repo(mp), "data", command)
+
+
 # --- outputs into the shipped set ------------------------------------------------------------------------------
 
 
 @case("data loss", "--json onto the shipped HART", "eval judge --json data/hart_cpu.safetensors",
       r"^exit 2: error: --json 'data/hart_cpu.safetensors' " + SHIPPED)
 def case_json_onto_the_shipped_model(trained, mp):
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("eval", "judge", *SMOKE, "--n", "4", "--json", "data/hart_cpu.safetensors"))
+    return _data_untouched(mp, "eval", "judge", *SMOKE, "--n", "4", "--json", "data/hart_cpu.safetensors")
 
 
 @case("data loss", "--json onto the manifest (every later command then failed with KeyError: 'models')",
       "eval judge --json data/manifest.json", r"^exit 2: error: --json 'data/manifest.json' " + SHIPPED)
 def case_json_onto_the_manifest(trained, mp):
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("eval", "judge", *SMOKE, "--n", "4", "--json", "data/manifest.json"))
+    return _data_untouched(mp, "eval", "judge", *SMOKE, "--n", "4", "--json", "data/manifest.json")
 
 
 @case("data loss", "a figure into the committed results", "data preview --out data/results/cpu/samples.png",
       r"^exit 2: error: --out 'data/results/cpu/samples.png' " + SHIPPED)
 def case_figure_into_committed_results(trained, mp):
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("data", "preview", *SMOKE[:2], "--n", "2", "--out",
-                                     "data/results/cpu/samples.png"))
+    return _data_untouched(mp, "data", "preview", *SMOKE[:2], "--n", "2", "--out", "data/results/cpu/samples.png")
 
 
 @case("data loss", "a training run into the committed results (not a run folder yet, so it had no check)",
       "train judge --out data/results/cpu", r"^exit 2: error: --out 'data/results/cpu' " + SHIPPED)
 def case_training_into_committed_results(trained, mp):
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("train", "judge", *SMOKE, "--out", "data/results/cpu", "--n-eval", "10"))
+    return _data_untouched(mp, "train", "judge", *SMOKE, "--out", "data/results/cpu", "--n-eval", "10")
 
 
 @case("data loss", "the pipeline into the committed results", "pipeline --out data/results/cpu",
@@ -75,27 +75,23 @@ def case_pipeline_into_committed_results(trained, mp):
         return {"status": "done"}
 
     mp.setattr(hart_mini.pipeline, "run", pipeline)
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("pipeline", *SMOKE, "--out", "data/results/cpu"))
+    return _data_untouched(mp, "pipeline", *SMOKE, "--out", "data/results/cpu")
 
 
 # --- outputs onto a run's files, and onto files that exist -------------------------------------------------------
 
 
-@case("data loss", "--json onto a run's only trained model", "eval hart --ckpt run --json run/hart.safetensors",
-      r"^exit 2: error: --json 'run/hart.safetensors' has no JSON extension: expected a name ending in \.json$")
-def case_json_onto_a_runs_model(trained, mp):
-    run = copy_run(trained, "har")
-    return _untouched(run, ".", ("eval", "hart", *SMOKE, "--ckpt", "run", "--n", "2", "--seed", "0",
-                                 "--json", "run/hart.safetensors"))
+for _name, _what, _expect in (
+        ("hart.safetensors", "only trained model", r" has no JSON extension: expected a name ending in \.json$"),
+        ("run.json", "record", r": run\.json is the name of a run folder's record")):
+    def _run(trained, mp, name=_name):
+        run = copy_run(trained, "har")
+        return _untouched(run, ".", ("eval", "hart", *SMOKE, "--ckpt", "run", "--n", "2", "--seed", "0",
+                                     "--json", f"run/{name}"))
 
-
-@case("data loss", "--json onto a run's record", "eval hart --ckpt run --json run/run.json",
-      r"^exit 2: error: --json 'run/run.json': run\.json is the name of a run folder's record")
-def case_json_onto_a_runs_record(trained, mp):
-    run = copy_run(trained, "har")
-    return _untouched(run, ".", ("eval", "hart", *SMOKE, "--ckpt", "run", "--n", "2", "--seed", "0",
-                                 "--json", "run/run.json"))
+    _run.__name__ = f"case_json_onto_a_runs_{_what.split()[-1]}"
+    case("data loss", f"--json onto a run's {_what}", f"eval hart --ckpt run --json run/{_name}",
+         rf"^exit 2: error: --json 'run/{re.escape(_name)}'{_expect}")(_run)
 
 
 @case("data loss", "--json onto last week's results", "eval judge --json r.json  (r.json exists)",
@@ -123,8 +119,7 @@ def case_json_onto_an_existing_file_with_overwrite(trained, mp):
       r"^exit 2: error: 'run/hart.safetensors' was trained with preset 'smoke', not 'cpu'")
 def case_ship_a_model_of_another_preset(trained, mp):
     copy_run(trained, "har")
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("ship", "hart", "--ckpt", "run/hart.safetensors", "--command", "train hart"))
+    return _data_untouched(mp, "ship", "hart", "--ckpt", "run/hart.safetensors", "--command", "train hart")
 
 
 @case("data loss", "ship an unfinished model over the finished shipped one",
@@ -134,9 +129,7 @@ def case_ship_a_model_of_another_preset(trained, mp):
 def case_ship_an_unfinished_model(trained, mp):
     run = copy_run(trained, "har")
     resave(run / "hart.safetensors", preset="cpu", finished=False, steps_done=1)
-    repo = shipped_repo(mp)
-    return _untouched(repo, "data", ("ship", "hart", "--preset", "cpu", "--ckpt", "run/hart.safetensors",
-                                     "--command", "train hart"))
+    return _data_untouched(mp, "ship", "hart", "--preset", "cpu", "--ckpt", "run/hart.safetensors", "--command", "x")
 
 
 @case("data loss", "ship over a shipped model without saying so",
@@ -146,9 +139,8 @@ def case_ship_an_unfinished_model(trained, mp):
 def case_ship_without_replace(trained, mp):
     run = copy_run(trained, "har")
     resave(run / "hart.safetensors", preset="cpu")
-    repo = shipped_repo(mp)
-    return _shipped_file_left_out(_untouched(repo, "data", ("ship", "hart", "--preset", "cpu", "--ckpt",
-                                                            "run/hart.safetensors", "--command", "train hart")))
+    return _shipped_file_left_out(_data_untouched(mp, "ship", "hart", "--preset", "cpu", "--ckpt",
+                                                  "run/hart.safetensors", "--command", "x"))
 
 
 def _shipped_file_left_out(outcome: str) -> str:
