@@ -63,6 +63,14 @@ def positive(text: str) -> float:
     return value
 
 
+def minutes(text: str) -> float:
+    """A finite number of minutes >= 0 (0: stop at the first checkpoint)."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number of minutes >= 0")
+    return value
+
+
 def share(low: float, high: float):
     """A number in [low, high)."""
     def parse(text: str) -> float:

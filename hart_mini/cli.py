@@ -34,6 +34,7 @@ from hart_mini.arguments import (
     eval_count,
     guidance,
     listed,
+    minutes,
     positive,
     probability,
     prompt,
@@ -248,14 +249,14 @@ def cmd_sample(args) -> dict:
     output(args.out, "--out", args, IMAGE_SUFFIXES)
     check_seed_span([args.seed], args.n, "--seed")
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
-    if args.prompt is not None:
-        try:
-            check_prompt(model, args.prompt)
-        except ValueError:
-            if not args.off_grammar:
-                raise
-            note("note: drew a prompt the caption grammar cannot produce (--off-grammar): the model never saw such "
-                 "a caption, so expect it to draw what it can place of it")
+    off_grammar = check_prompt(model, args.prompt) if args.prompt is not None else None
+    if off_grammar and not args.off_grammar:
+        raise ValueError(f"argument --prompt: {off_grammar}; ToyShapes captions read 'a <size> <colour> [<texture>] "
+                         "<shape> at the <position>' or '<object> <relation> <object>' (pass --off-grammar to draw "
+                         "it anyway)")
+    if off_grammar:
+        note("note: drew a prompt the caption grammar cannot produce (--off-grammar): the model never saw such "
+             "a caption, so expect it to draw what it can place of it")
     prompts = [args.prompt] * args.n if args.prompt is not None else model_prompts(model, args.n)
     pixels = []  # uint8, batch by batch: batch i (its first image's index) is drawn with seed + i
     for i in tqdm(range(0, args.n, GRID_BATCH), desc="sample", unit="batch", disable=args.n <= GRID_BATCH):
@@ -279,21 +280,25 @@ def check_seed_span(seeds: list[int], n: int, flag: str) -> None:
                          f"which must stay below 2**32; use a seed <= {SEED_LIMIT - n}")
 
 
-def check_prompt(model, text: str) -> None:
-    """Refuse a prompt that the model's training captions could not hold: for a model of ToyShapes' vocabulary,
-    text the caption grammar cannot produce (three objects, scrambled words); the caption tokenizer of a model
-    trained on an ImageFolder already refuses a word (or caption) outside its own vocabulary."""
+def check_prompt(model, text: str) -> str | None:
+    """Why a prompt is off the caption grammar, or None. A word outside the model's vocabulary is refused
+    (no flag draws a word the model has no vector for); for a model of ToyShapes' vocabulary, text the grammar
+    cannot produce (three objects, scrambled words) is off it. A model trained on an ImageFolder has its own
+    vocabulary (of words, or of whole captions), which its caption tokenizer checks."""
     from hart_mini.model.data import parse_caption
     from hart_mini.model.text import normalise, toyshapes_words
 
+    try:
+        model.text_tokenizer.encode(text)
+    except ValueError as e:
+        raise ValueError(f"argument --prompt: {e}") from None
     if set(model.text_tokenizer.vocab[1:]) != set(toyshapes_words()):
-        return
+        return None
     try:
         parse_caption(normalise(text))
     except ValueError as e:
-        raise ValueError(f"argument --prompt: {e}; ToyShapes captions read 'a <size> <colour> [<texture>] <shape> "
-                         "at the <position>' or '<object> <relation> <object>' (pass --off-grammar to draw it "
-                         "anyway)") from None
+        return str(e)
+    return None
 
 
 def model_prompts(model, n: int) -> list[str]:
@@ -447,7 +452,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="start again in an --out folder that holds another run (never replaces a tokenizer "
                              "that a model there was trained with)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--max-minutes", type=positive, default=None,
+    parser.add_argument("--max-minutes", type=minutes, default=None,
                         help="stop cleanly at a checkpoint after this long; continue later with --resume")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="autocast dtype (auto: bf16 on CUDA, fp32 elsewhere)")
