@@ -20,7 +20,9 @@ difference gets a verdict (evaluate.verdict): "inside the noise" when it is smal
 spread, else which side is better. The reference HART (diffusion-last) is trained per seed too, except
 that `--reference FILE` (e.g. the shipped one, trained with the preset's seed 0) stands in for the first
 training seed's. Each ablation writes DIR/NAME.json (the numbers, N, seeds, device, command) and
-DIR/NAME.png (error bars: the noise the verdicts use).
+DIR/NAME.png (error bars: the noise the verdicts use). DIR is the ablation's own folder: running an
+ablation there again reuses its trained variants and replaces its NAME.json and NAME.png (DIR may not be in
+data/ or notebooks/).
 """
 
 from __future__ import annotations
