@@ -13,12 +13,16 @@
 Noise. Every evaluation runs with several sampling seeds (`--seeds`): FD is the mean +- sd over them, each
 accuracy comes with its binomial SE. The ablations that train models (head, early, full) train every
 variant once per training seed (`--train-seeds`, TrainConfig.seed: initial weights and batches), in
-DIR/<variant>_seed<s> (reused if there), and report the mean +- sd over training seeds. Each compared
+DIR/<variant>_seed<s>_<preset>_<recipe> (reused if there; the recipe is a digest of the configs, the training
+budget and the tokenizer, so another preset or recipe never reuses a variant), and report the mean +- sd
+over training seeds. Each compared
 difference gets a verdict (evaluate.verdict): "inside the noise" when it is smaller than the combined
 spread, else which side is better. The reference HART (diffusion-last) is trained per seed too, except
 that `--reference FILE` (e.g. the shipped one, trained with the preset's seed 0) stands in for the first
 training seed's. Each ablation writes DIR/NAME.json (the numbers, N, seeds, device, command) and
-DIR/NAME.png (error bars: the noise the verdicts use).
+DIR/NAME.png (error bars: the noise the verdicts use). DIR is the ablation's own folder: running an
+ablation there again reuses its trained variants and replaces its NAME.json and NAME.png (DIR may not be in
+data/ or notebooks/).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from hart_mini.measure.evaluate import (
     verdict,
 )
 from hart_mini.model import sampling_variants
+from hart_mini.pretrained import check_fits
 
 ABLATIONS = ("head", "full", "early", "steps", "decoder", "cfg", "position")
 TRAINED = ("head", "full", "early", "position")
@@ -66,6 +71,7 @@ class Context:
         self.seeds, self.train_seeds = list(seeds), list(train_seeds)
         self.real = held_out(preset.data, max(n_eval, 16))
         self._models: dict[tuple[str, int], object] = {}
+        self.variants: dict[str, str] = {}  # variant -> the folder it was trained in (or reused from)
         self.bar = tqdm(total=evaluations, desc="ablate", unit="evaluation", dynamic_ncols=True)
 
     def evaluate(self, generate, label: str) -> dict:
@@ -86,15 +92,19 @@ class Context:
 
         name = mode if position is None else f"{mode}_{position}"
         if (name, seed) not in self._models:
-            folder = self.out / f"{name}_seed{seed}"
+            transformer = self.preset.transformer if position is None else dataclasses.replace(
+                self.preset.transformer, position=position)
+            preset = dataclasses.replace(self.preset, transformer=transformer,
+                                         hart_train=dataclasses.replace(self.preset.hart_train, seed=seed))
+            folder = self.out / variant_folder(preset, name, mode, self.tokenizer)
+            self.variants[f"{name}_seed{seed}"] = folder.name
             file = folder / "hart.safetensors"
             # a run stopped early leaves its model, flagged unfinished: continue it
             done = file.exists() and checkpoint.load(file)[1].get("finished", True)
+            if done and checkpoint.read_meta(file).get("preset") != preset.name:
+                raise ValueError(f"{str(file)!r} was trained for preset {checkpoint.read_meta(file).get('preset')!r},"
+                                 f" not {preset.name!r}, yet sits in this preset's variant folder: move it away")
             if not done:
-                transformer = self.preset.transformer if position is None else dataclasses.replace(
-                    self.preset.transformer, position=position)
-                preset = dataclasses.replace(self.preset, transformer=transformer,
-                                             hart_train=dataclasses.replace(self.preset.hart_train, seed=seed))
                 run = train.RunOptions(device=str(self.device), resume=True)
                 train.train_hart(preset, folder, self.tokenizer, run,
                                  f"ablate: train_hart(mode={mode!r}, position={transformer.position!r}, "
@@ -110,7 +120,9 @@ class Context:
         seed = self.train_seeds[0] if seed is None else seed
         if self.reference_file and seed == self.train_seeds[0]:
             if ("reference", seed) not in self._models:
-                self._models["reference", seed] = HART.from_file(self.reference_file, self.device)
+                model = HART.from_file(self.reference_file, self.device)
+                check_fits(model, self.preset, self.reference_file)
+                self._models["reference", seed] = model
             return self._models["reference", seed]
         return self.trained("last", seed)
 
@@ -122,6 +134,24 @@ class Context:
             for label, make in variants.items():
                 rows[label].append({"train_seed": seed, **self.evaluate(make(seed), label)})
         return [aggregate_training_seeds(r, label) for label, r in rows.items()]
+
+
+def variant_folder(preset, name: str, mode: str, tokenizer: Path | None) -> str:
+    """'<name>_seed<s>_<preset>_<recipe>': where a trained variant lives. The recipe is 8 hex digits of the
+    sha256 of what makes the model (transformer, head, training budget and seed, data, tokenizer file), so a
+    variant is reused only by a run that would train the very same one."""
+    import hashlib
+    import json
+
+    from hart_mini import pretrained
+
+    tokenizer = tokenizer or pretrained.path("tokenizer", preset.shipped)
+    tok = tokenizer / "tokenizer.safetensors" if tokenizer.is_dir() else tokenizer
+    recipe = {"transformer": dataclasses.asdict(preset.transformer), "train": dataclasses.asdict(preset.hart_train),
+              "head": dataclasses.asdict(dataclasses.replace(preset.head, mode=mode)),
+              "data": dataclasses.asdict(preset.data), "tokenizer": checkpoint.sha256(tok)}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{name}_seed{preset.hart_train.seed}_{preset.name}_{digest}"
 
 
 def _generator(model, **knobs):
@@ -291,7 +321,9 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
     n_eval = n_eval or {"smoke": 16, "cpu": 1000, "gpu": 2000}[preset.name]
     from hart_mini.measure.judge import Judge
 
-    judge = Judge.from_file(judge, device) if judge else pretrained.load("judge", preset.shipped, device)
+    judge_file = Path(judge) if judge else pretrained.path("judge", preset.shipped)
+    judge = Judge.from_file(judge_file, device)
+    check_fits(judge, preset, judge_file)
     train_seeds = list(train_seeds) if name in TRAINED else list(train_seeds)[:1]
     evaluations = {"head": 3 * len(train_seeds), "early": 2 * len(train_seeds), "steps": len(STEPS),
                    "position": 2 * len(train_seeds),
@@ -308,7 +340,8 @@ def run(name: str, preset, out: str | Path, device: str = "auto", n_eval: int | 
     result = {"ablation": name, "preset": preset.name, "n_eval": n_eval, "seeds": list(seeds),
               "train_seeds": train_seeds if name in TRAINED else None, "noise": NOISE,
               "device": describe_device(device),
-              "reference": f"{reference}{where}" if reference else "trained here", "command": command, **result}
+              "reference": f"{reference}{where}" if reference else "trained here", "command": command,
+              "variants": ctx.variants or None, **result}
     checkpoint.write_json(out / f"{name}.json", result)
     viz.save(fig, out / f"{name}.png")
     return result

@@ -9,8 +9,13 @@ states are stored as plain tensors plus JSON.
 Every file also carries two sha256 checksums, verified on load: one of its tensors (names, dtypes,
 shapes, bytes) and one of its metadata. A damaged file (zeroed or flipped bytes) is refused, and so is
 hand-edited metadata: a changed `num_heads`, head mode or prediction target would build a model that
-is not the one trained, and sample other images without any error. Files saved before checksums
-existed still load, with a warning.
+is not the one trained, and sample other images without any error.
+
+Checksums are required. Every file records the format it was written in (`checkpoint_format` inside its
+metadata, so the metadata checksum covers it): a file of format 2 or later that lacks its checksums had
+them deleted, and is refused. Only a file that records no format (written before checksums existed) loads
+without them, with a warning. Malformed checksum or metadata entries are refused in one line that names
+the file.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from safetensors.torch import save as safetensors_bytes
 
 META_KEY = "hart_mini"
 CHECKSUM_KEY = "hart_mini_sha256"  # {"tensors": sha256, "metadata": sha256}, beside META_KEY in the header
+FORMAT_KEY = "checkpoint_format"  # inside META_KEY's JSON; absent in files written before checksums existed
+FORMAT = 2  # 1: checksums, no recorded format (files written before this key); 2: checksums required
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -59,6 +66,17 @@ def write_json(path: str | Path, obj: object) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_json(path: str | Path, what: str = "") -> object:
+    """A JSON file's content; a missing or broken file is a ValueError / FileNotFoundError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what or 'the JSON file'} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what or 'the JSON file'} {str(path)!r} is not valid JSON ({e})") from e
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of tensors: each one's name, dtype, shape and bytes, in name order (independent of the file)."""
     digest = hashlib.sha256()
@@ -75,7 +93,8 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path {str(path)!r} must end in .safetensors")
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    text = json.dumps(meta, sort_keys=True)
+    meta = {k: v for k, v in meta.items() if k != FORMAT_KEY}
+    text = json.dumps({**meta, FORMAT_KEY: FORMAT}, sort_keys=True)
     sums = {"tensors": tensors_sha256(plain), "metadata": hashlib.sha256(text.encode()).hexdigest()}
     atomic_write(path, safetensors_bytes(plain, metadata={META_KEY: text, CHECKSUM_KEY: json.dumps(sums)}))
     write_json(path.with_suffix(".json"), meta)
@@ -93,16 +112,43 @@ def _header(path: Path) -> dict:
         raise ValueError(f"{str(path)!r} is not a readable safetensors checkpoint: {e}") from e
 
 
+def _checksums(path: Path, header: dict) -> dict | None:
+    """The header's checksums {'tensors', 'metadata'}, None if it has none; malformed ones are refused."""
+    if CHECKSUM_KEY not in header:
+        return None
+    try:
+        sums = json.loads(header[CHECKSUM_KEY])
+    except ValueError:
+        sums = None
+    if not (isinstance(sums, dict) and all(isinstance(sums.get(k), str) for k in ("tensors", "metadata"))):
+        shown = header[CHECKSUM_KEY] if len(header[CHECKSUM_KEY]) < 40 else header[CHECKSUM_KEY][:40] + "..."
+        raise ValueError(f"{str(path)!r}: its checksum entry {CHECKSUM_KEY!r} is malformed ({shown!r}; expected "
+                         '{"tensors": sha256, "metadata": sha256}): the header was edited; restore the original file')
+    return sums
+
+
 def _metadata(path: Path, header: dict) -> dict:
-    """The hart_mini metadata of a header, refused if it was edited after saving."""
+    """The hart_mini metadata of a header (without its format key), refused if it was edited after saving or
+    if its checksums were removed from a file whose format always carries them."""
     if META_KEY not in header:
         raise ValueError(f"{str(path)!r} has no hart_mini metadata; was it written by hart_mini.checkpoint.save?")
-    text, saved = header[META_KEY], json.loads(header.get(CHECKSUM_KEY, "{}"))
-    if "metadata" in saved and saved["metadata"] != hashlib.sha256(text.encode()).hexdigest():
+    text, sums = header[META_KEY], _checksums(path, header)
+    if sums is not None and sums["metadata"] != hashlib.sha256(text.encode()).hexdigest():
         raise ValueError(f"{str(path)!r}: its metadata was edited after saving (checksum differs); a changed "
                          "config (num_heads, head mode, prediction, ...) builds another model than the one "
                          "trained: restore the original file")
-    return json.loads(text)
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{str(path)!r}: its hart_mini metadata is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(path)!r}: its hart_mini metadata is a {type(meta).__name__}, not a JSON object")
+    if sums is None and meta.get(FORMAT_KEY) is not None:
+        raise ValueError(f"{str(path)!r} carries no checksums, but it records {FORMAT_KEY} {meta[FORMAT_KEY]!r}, "
+                         "whose files always carry them: they were removed from its header, so an edit cannot be "
+                         "detected; restore the original file")
+    meta.pop(FORMAT_KEY, None)
+    return meta
 
 
 def read_meta(path: str | Path) -> dict:
@@ -112,9 +158,10 @@ def read_meta(path: str | Path) -> dict:
 
 
 def verify(path: str | Path, header: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Refuse tensors that differ from the checksum saved with them, or that hold NaN."""
-    saved = json.loads(header.get(CHECKSUM_KEY, "{}"))
-    if "tensors" not in saved:
+    """Refuse tensors that differ from the checksum saved with them, or that hold NaN. (A file without
+    checksums reaches this only when it records no format: _metadata refused the others.)"""
+    saved = _checksums(Path(path), header)
+    if saved is None:
         warnings.warn(f"{str(path)!r} carries no checksum (it was saved before hart_mini wrote them), so its "
                       "tensors cannot be verified", stacklevel=3)
     elif saved["tensors"] != tensors_sha256(tensors):

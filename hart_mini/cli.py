@@ -27,14 +27,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from hart_mini import runs
-from hart_mini.config import HEAD_MODES, MAX_CFG_SCALE, PRESET_NAMES, default_preset_name, get_preset
-from hart_mini.runs import IMAGE_SUFFIXES
+from hart_mini.arguments import (
+    count,
+    distinct_seeds,
+    eval_count,
+    guidance,
+    listed,
+    minutes,
+    positive,
+    probability,
+    prompt,
+    seed,
+    share,
+)
+from hart_mini.config import HEAD_MODES, PRESET_NAMES, default_preset_name, get_preset
+from hart_mini.runs import IMAGE_SUFFIXES, JSON_SUFFIXES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -46,71 +57,45 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-# --- argument types: a bad value is refused while parsing, before any work, naming the flag ---------------
+NOTES: list[str] = []  # what a command must tell besides its numbers (an unfinished model, what ship replaced)
 
 
-def count(low: int, why: str = ""):
-    """An integer >= low."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is invalid: expected an integer >= {low}{why}")
-        return value
-    return parse
-
-
-def eval_count(text: str) -> int:
-    """0 (no evaluation) or the >= 2 samples a Frechet distance needs."""
-    value = count(0)(text)
-    if value == 1:
-        raise argparse.ArgumentTypeError("1 is invalid: expected 0 (speed only) or an integer >= 2 (FD needs 2)")
-    return value
-
-
-def number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number")
-    return value
-
-
-def guidance(text: str) -> float:
-    """A classifier-free guidance scale in [0, MAX_CFG_SCALE]."""
-    value = number(text)
-    if not 0 <= value <= MAX_CFG_SCALE:
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number in [0, {MAX_CFG_SCALE:g}] "
-                                         "(0 = no guidance; larger values only amplify noise)")
-    return value
-
-
-def probability(text: str) -> float:
-    value = number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number in (0, 1] (1 = off)")
-    return value
-
-
-def prompt(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the prompt is empty: describe an image, e.g. 'a large red striped "
-                                         "circle at the top', or leave out --prompt to use held-out captions")
-    return text
+def note(text: str) -> None:
+    """A line for the user: printed on stderr after the result, and kept in the result as 'notes'."""
+    NOTES.append(text)
 
 
 def emit(result: dict, json_file: Path | None = None) -> dict:
-    """Print a command's result as JSON (the one output format of the CLI), also to json_file if given."""
+    """Print a command's result as JSON (the one output format of the CLI), also to json_file if given; then
+    its notes on stderr, so they are the last thing a user reads."""
+    if NOTES:
+        result = {**result, "notes": list(NOTES)}
     if json_file:
         from hart_mini import checkpoint
 
         checkpoint.write_json(json_file, result)
     print(json.dumps(result, indent=2, sort_keys=True))
+    for line in NOTES:
+        print(line, file=sys.stderr)
     return result
+
+
+def output(path: Path | None, flag: str, args, suffixes: tuple[str, ...] = JSON_SUFFIXES) -> Path | None:
+    """Check a file the command will write, before any work (hart_mini.runs.command_output)."""
+    return None if path is None else runs.command_output(path, flag, suffixes, args.overwrite)
+
+
+GRID_BATCH = 64  # images generated, or drawn, at a time: memory stays flat for any --n
+
+
+def save_grid(pixels, captions: list[str], out: Path, title: str | None = None) -> Path:
+    """Images (B, H, W, 3) uint8 as a captioned grid; beyond viz.GRID_CAPTIONED images, as one plain mosaic
+    (captions on thousands of images are unreadable, and a figure with an axes per image would not fit)."""
+    from hart_mini.course import viz
+
+    if len(pixels) > viz.GRID_CAPTIONED:
+        return viz.save(viz.mosaic(pixels), out)
+    return viz.save(viz.image_grid(pixels, captions, ncols=min(8, len(pixels)), title=title), out)
 
 
 def add_preset(parser: argparse.ArgumentParser) -> None:
@@ -119,16 +104,26 @@ def add_preset(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_preview(args) -> dict:
-    from hart_mini.course import viz
+    import numpy as np
+    from tqdm.auto import tqdm
+
     from hart_mini.model.data import ToyShapes
 
     preset = get_preset(args.preset)
-    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
+    output(args.out, "--out", args, IMAGE_SUFFIXES)
     dataset = ToyShapes(preset.data, split=args.split)
-    batch = dataset.batch(range(args.start, args.start + args.n))
-    path = viz.save(viz.image_grid(batch["image"], batch["caption"], ncols=min(8, args.n)), args.out)
+    if args.start + args.n > len(dataset):
+        raise ValueError(f"argument --n: {args.n} images from --start {args.start} run past the {args.split} split's "
+                         f"{len(dataset)} images (preset {preset.name!r}): lower --n or --start")
+    pixels, captions = [], []
+    for lo in tqdm(range(args.start, args.start + args.n, 1000), desc="draw", unit="1000 images",
+                   disable=args.n <= 1000):
+        drawn, scenes = dataset.images(range(lo, min(lo + 1000, args.start + args.n)))
+        pixels.append(drawn)
+        captions += [s.caption for s in scenes]
+    path = save_grid(np.concatenate(pixels), captions, args.out)
     return emit({"out": str(path), "preset": preset.name, "split": args.split, "n": args.n,
-                 "image_size": preset.data.image_size, "captions": batch["caption"]})
+                 "image_size": preset.data.image_size, "captions": captions})
 
 
 DEMO_PROMPTS = [
@@ -149,7 +144,7 @@ def cmd_demo(args) -> dict:
     from hart_mini.runtime import describe_device, pick_device
 
     preset = get_preset(args.preset)
-    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
+    output(args.out, "--out", args, IMAGE_SUFFIXES)
     device = pick_device(args.device)
     model = pretrained.load("hart", preset.shipped, device)  # no shipped HART: a FileNotFoundError that says so
     start = time.perf_counter()
@@ -171,7 +166,9 @@ def command_line() -> str:
 
 def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
     """A model of `kind` ('tokenizer', 'hart', 'judge', 'diffusion') and where it came from: --ckpt (a file,
-    or a training folder holding KIND.safetensors), else the one shipped for the preset (smoke uses cpu's)."""
+    or a training folder holding KIND.safetensors), else the one shipped for the preset (smoke uses cpu's).
+    A model made for another image size or latent grid than the preset's is refused, naming the preset it
+    was trained for; an unfinished one gets a note."""
     from hart_mini import pretrained
     from hart_mini.runtime import enable_tf32, pick_device
 
@@ -179,9 +176,17 @@ def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
     enable_tf32(device)  # what stays fp32 in evaluation runs on TF32 tensor cores on CUDA
     if ckpt is None:
         shipped = get_preset(preset).shipped
-        return pretrained.load(kind, shipped, device), f"shipped {kind} ({shipped})"
-    path = ckpt / f"{kind}.safetensors" if ckpt.is_dir() else ckpt
-    return pretrained.loader(kind)(path, device=device), runs.portable(path)
+        path, source = pretrained.path(kind, shipped), f"shipped {kind} ({shipped})"
+    else:
+        path = ckpt / f"{kind}.safetensors" if ckpt.is_dir() else ckpt
+        source = runs.portable(path)
+    model = pretrained.loader(kind)(path, device=device)
+    pretrained.check_fits(model, get_preset(preset), path)
+    stopped = pretrained.unfinished(model.meta)
+    if stopped:
+        note(f"note: {path if ckpt else source} {stopped}: its numbers are those of a model still in training; "
+             f"continue its run with `python -m hart_mini train {kind} --out FOLDER --resume`")
+    return model, source
 
 
 def cmd_train_tokenizer(args) -> dict:
@@ -224,11 +229,11 @@ def cmd_eval_hart(args) -> dict:
     from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
     from hart_mini.runtime import inference_autocast, pick_device
 
-    if args.json:
-        runs.output_file(args.json, "--json")
+    output(args.json, "--json", args)
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    check_seed_span(seeds, args.n, "--seeds" if args.seed is None else "--seed")
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
-    seeds = [args.seed] if args.seed is not None else args.seeds
 
     def generate(prompts, seed):
         with inference_autocast(pick_device(args.device)):  # bf16 + TF32 on CUDA, as in training
@@ -242,40 +247,84 @@ def cmd_eval_hart(args) -> dict:
 
 
 def cmd_sample(args) -> dict:
-    from hart_mini.course import viz
-    from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
+    import numpy as np
+    from tqdm.auto import tqdm
 
-    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
+    from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
+    from hart_mini.model.data import tensor_to_uint8
+
+    output(args.out, "--out", args, IMAGE_SUFFIXES)
+    check_seed_span([args.seed], args.n, "--seed")
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
+    off_grammar = check_prompt(model, args.prompt) if args.prompt is not None else None
+    if off_grammar and not args.off_grammar:
+        raise ValueError(f"argument --prompt: {off_grammar}; ToyShapes captions read 'a <size> <colour> [<texture>] "
+                         "<shape> at the <position>' or '<object> <relation> <object>' (pass --off-grammar to draw "
+                         "it anyway)")
+    if off_grammar:
+        note("note: drew a prompt the caption grammar cannot produce (--off-grammar): the model never saw such "
+             "a caption, so expect it to draw what it can place of it")
     prompts = [args.prompt] * args.n if args.prompt is not None else model_prompts(model, args.n)
-    images = variants.generate(model, prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                               sampling_steps=args.steps, seed=args.seed, use_head=not args.no_head)
-    path = viz.save(viz.image_grid(images * 2 - 1, prompts, ncols=min(8, len(prompts))), args.out)
-    return emit({"out": str(path), "model": source, "mode": model.mode, "prompts": prompts, "cfg": args.cfg,
-                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "head": not args.no_head,
-                 "steps": args.steps or model.head_cfg.sampling_steps})
+    pixels = []  # uint8, batch by batch: batch i (its first image's index) is drawn with seed + i
+    for i in tqdm(range(0, args.n, GRID_BATCH), desc="sample", unit="batch", disable=args.n <= GRID_BATCH):
+        images = variants.generate(model, prompts[i:i + GRID_BATCH], cfg_scale=args.cfg, top_k=args.top_k,
+                                   top_p=args.top_p, sampling_steps=args.steps, seed=args.seed + i,
+                                   use_head=not args.no_head)
+        pixels.append(tensor_to_uint8(images * 2 - 1))
+    path = save_grid(np.concatenate(pixels), prompts, args.out)
+    return emit({"out": str(path), "model": source, "mode": model.mode, "prompts": prompts[:GRID_BATCH],
+                 "n": args.n, "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                 "head": not args.no_head, "steps": args.steps or model.head_cfg.sampling_steps})
+
+
+def check_seed_span(seeds: list[int], n: int, flag: str) -> None:
+    """Batch i of n images is drawn with seed s + i: every such seed must stay below 2**32 (torch's 32-bit
+    seeds would wrap around to the images of a small seed)."""
+    from hart_mini.arguments import SEED_LIMIT
+
+    if max(seeds) + n > SEED_LIMIT:
+        raise ValueError(f"argument {flag}: {max(seeds)} with --n {n} is invalid: batch i is drawn with seed + i, "
+                         f"which must stay below 2**32; use a seed <= {SEED_LIMIT - n}")
+
+
+def check_prompt(model, text: str) -> str | None:
+    """Why a prompt is off the caption grammar, or None. A word outside the model's vocabulary is refused
+    (no flag draws a word the model has no vector for); for a model of ToyShapes' vocabulary, text the grammar
+    cannot produce (three objects, scrambled words) is off it. A model trained on an ImageFolder has its own
+    vocabulary (of words, or of whole captions), which its caption tokenizer checks."""
+    from hart_mini.model.data import parse_caption
+    from hart_mini.model.text import normalise, toyshapes_words
+
+    try:
+        model.text_tokenizer.encode(text)
+    except ValueError as e:
+        raise ValueError(f"argument --prompt: {e}") from None
+    if set(model.text_tokenizer.vocab[1:]) != set(toyshapes_words()):
+        return None
+    try:
+        parse_caption(normalise(text))
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def model_prompts(model, n: int) -> list[str]:
-    """n held-out ToyShapes captions, for sampling without --prompt."""
+    """n held-out ToyShapes captions (the test split's, from its start), for sampling without --prompt."""
     from hart_mini.config import DataConfig
     from hart_mini.model.data import ToyShapes
 
-    return ToyShapes(DataConfig(image_size=model.tokenizer.cfg.image_size), "test").batch(range(n))["caption"]
+    data = ToyShapes(DataConfig(image_size=model.tokenizer.cfg.image_size), "test", size=max(n, 5000))
+    return [data.scene(i).caption for i in range(n)]  # scenes alone: no image is drawn
 
 
 def cmd_eval_tokenizer(args) -> dict:
     from hart_mini.measure.evaluate import evaluate_tokenizer
     from hart_mini.model.data import ToyShapes
 
-    if args.json:
-        runs.output_file(args.json, "--json")
+    output(args.json, "--json", args)
     tokenizer, source = resolve("tokenizer", args.ckpt, args.preset, args.device)
     preset = get_preset(args.preset)
     judge = resolve("judge", args.judge, args.preset, args.device)[0] if args.fd else None
-    if tokenizer.cfg.image_size != preset.data.image_size:
-        raise ValueError(f"the tokenizer takes {tokenizer.cfg.image_size} px images but preset {args.preset!r} "
-                         f"draws {preset.data.image_size} px ones; pass the matching --preset")
     data = ToyShapes(preset.data, "test", size=max(args.n, 1))
     result = {"tokenizer": source, "split": "test", **evaluate_tokenizer(tokenizer, data, args.n, judge=judge)}
     return emit(result, args.json)
@@ -285,8 +334,7 @@ def cmd_eval_judge(args) -> dict:
     from hart_mini.measure.evaluate import held_out
     from hart_mini.measure.judge import real_image_metrics
 
-    if args.json:
-        runs.output_file(args.json, "--json")
+    output(args.json, "--json", args)
     judge, source = resolve("judge", args.ckpt, args.preset, args.device)
     result = {"judge": source, "split": "test",
               **real_image_metrics(judge, held_out(get_preset(args.preset).data, args.n))}
@@ -297,12 +345,10 @@ def cmd_diagnose(args) -> dict:
     from hart_mini import diagnose
     from hart_mini.course import viz
 
-    if args.json:
-        runs.output_file(args.json, "--json")
-    if args.figure:
-        if args.what == "text":
-            raise ValueError("--figure draws the 'scales' and 'head' diagnoses; 'text' prints its table and JSON")
-        runs.output_file(args.figure, "--figure", IMAGE_SUFFIXES)
+    if args.figure and args.what == "text":
+        raise ValueError("--figure draws the 'scales' and 'head' diagnoses; 'text' prints its table and JSON")
+    output(args.json, "--json", args)
+    output(args.figure, "--figure", args, IMAGE_SUFFIXES)
     model, source = resolve("hart", args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
     data = get_preset(args.preset).data
@@ -335,8 +381,9 @@ def cmd_bench(args) -> dict:
     from hart_mini.course import viz
     from hart_mini.runtime import describe_device, inference_autocast, pick_device
 
-    if args.json:
-        runs.output_file(args.json, "--json")
+    output(args.json, "--json", args)
+    figure = args.figure or (args.json.with_suffix(".png") if args.json and not args.kv_cache and args.n else None)
+    output(figure, "--figure" if args.figure else "--figure (beside --json)", args, IMAGE_SUFFIXES)
     device = pick_device(args.device)
     if args.kv_cache:  # the KV cache alone, at 32 px (cpu preset sizes) and 64 px (gpu preset sizes)
         result = {"kv_cache": kv_cache_speedup([get_preset("cpu"), get_preset("gpu")], device, args.batch,
@@ -351,7 +398,6 @@ def cmd_bench(args) -> dict:
     with inference_autocast(device):  # bf16 + TF32 on CUDA, as in training; fp32 elsewhere
         result = frontier(hart, baseline, judge, preset.data, device, args.n, args.seeds, args.baseline_steps,
                           args.head_steps, cfgs, args.tune_at, args.batch, args.repeats)
-    figure = args.figure or (args.json.with_suffix(".png") if args.json else None)
     result.update(device=describe_device(device), hart=hart_source, baseline=base_source,
                   figure=str(figure) if figure and args.n > 0 else None,
                   torch=__import__("torch").__version__, command=command_line())
@@ -370,24 +416,10 @@ def cmd_ablate(args) -> dict:
                     train_seeds=args.train_seeds))
 
 
-def number_list(kind: type) -> Callable[[str], list]:
-    """An argparse type: '5,10,20' -> [5, 10, 20] of `kind`, with a clear error for anything else."""
-    def parse(text: str) -> list:
-        try:
-            values = [kind(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            values = []
-        if not values:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
-        return values
-
-    return parse
-
-
 def cmd_doctor(args) -> dict:
     from hart_mini.doctor import doctor
 
-    runs.output_file(args.out, "--out", IMAGE_SUFFIXES)
+    output(args.out, "--out", args, IMAGE_SUFFIXES)
     return emit(doctor(get_preset(args.preset), args.device, args.steps, args.out, args.workers))
 
 
@@ -395,6 +427,8 @@ def cmd_pipeline(args) -> dict:
     from hart_mini.pipeline import dry_run, run
     from hart_mini.plan import PipelineOptions, table
 
+    if not args.dry_run:
+        runs.output_folder(args.out)
     opts = PipelineOptions(preset=args.preset, budget_minutes=args.budget_minutes, out=args.out, device=args.device,
                            n_eval=args.n_eval, margin=args.margin, max_scale=args.max_scale, compile=args.compile,
                            workers=args.workers, target=args.target, command=command_line())
@@ -408,25 +442,32 @@ def cmd_pipeline(args) -> dict:
 
 
 def cmd_ship_run(args) -> dict:
+    from hart_mini import pretrained
     from hart_mini.export import ship_run
-    from hart_mini.pretrained import DATA
 
-    return emit(ship_run(args.folder, args.data or DATA))
+    return emit(ship_run(args.folder, args.data or pretrained.DATA, replace=args.replace))
 
 
 def cmd_ship(args) -> dict:
-    import json
+    from hart_mini import checkpoint, pretrained
 
-    from hart_mini import pretrained
-
-    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
-    return emit(pretrained.ship(args.kind, args.preset, args.ckpt, args.command, metrics))
+    metrics = checkpoint.read_json(args.metrics, "--metrics") if args.metrics else None
+    if metrics is not None and not isinstance(metrics, dict):
+        raise ValueError(f"--metrics {str(args.metrics)!r} holds a JSON {type(metrics).__name__}, not an object of "
+                         "metrics (the file `eval ... --json` writes)")
+    entry = pretrained.ship(args.kind, args.preset, args.ckpt, args.command, metrics, replace=args.replace)
+    if entry.get("replaced"):
+        old = entry["replaced"]
+        note(f"note: replaced data/{old['file']} (sha256 {old['sha256'][:12]}..., made by: {old['command']}); "
+             + ("its metrics were kept: measure the new model and ship again with --metrics"
+                if metrics is None else "with the metrics given"))
+    return emit(entry)
 
 
 def cmd_course_student(args) -> dict:
     from hart_mini.course.student import write_student_notebooks
 
-    written = write_student_notebooks(args.notebooks, args.outdir)
+    written = write_student_notebooks(args.notebooks, args.outdir, overwrite=args.overwrite)
     return emit({"out": str(args.outdir), "notebooks": [p.name for p in written]})
 
 
@@ -436,14 +477,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="start again in an --out folder that holds another run (never replaces a tokenizer "
                              "that a model there was trained with)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--max-minutes", type=float, default=None,
+    parser.add_argument("--max-minutes", type=minutes, default=None,
                         help="stop cleanly at a checkpoint after this long; continue later with --resume")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="autocast dtype (auto: bf16 on CUDA, fp32 elsewhere)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
     parser.add_argument("--workers", type=count(0), default=0, help="DataLoader processes drawing batches ahead")
     parser.add_argument("--grad-accum", type=count(1), default=1, help="micro-batches per step and process")
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=positive, default=None,
                         help="the device's peak for MFU (default: bf16 dense peak of known GPUs)")
 
 
@@ -462,14 +503,29 @@ def training(sub, name: str, help: str, func, on_tokenizer: bool = True) -> argp
 
 def run_options(args, kind: str):
     """The run options of a `train KIND` command, after checking --out and --resume (before any work)."""
+    from hart_mini.runtime import world
     from hart_mini.train import RunOptions
 
     runs.output_folder(args.out)
+    preset = get_preset(args.preset)
+    configs = {"tokenizer": (preset.tokenizer_train, preset.decoder_train), "hart": (preset.hart_train,),
+               "diffusion": (preset.baseline_train,), "judge": (preset.judge_train,)}[kind]
+    n_micro = world()[2] * args.grad_accum
+    for cfg in configs:
+        if cfg.batch_size % n_micro:
+            raise ValueError(f"argument --grad-accum: {args.grad_accum} is invalid: preset {preset.name!r} trains "
+                             f"with batches of {cfg.batch_size}, which {world()[2]} process(es) x --grad-accum must "
+                             "divide")
     if args.resume:
         runs.check_resumable(args.out, kind)
     return RunOptions(device=args.device, precision=args.precision, compile=args.compile, workers=args.workers,
                       grad_accum=args.grad_accum, max_minutes=args.max_minutes, resume=args.resume,
                       overwrite=args.overwrite, peak_tflops=args.peak_tflops)
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist (never files in data/ or notebooks/, nor a run.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -484,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=count(1), default=16, help="number of images")
     p.add_argument("--split", choices=("train", "val", "test"), default="train")
     p.add_argument("--start", type=count(0), default=0, help="index of the first image")
+    add_overwrite(p)
     p.set_defaults(func=cmd_data_preview)
 
     p = sub.add_parser("demo", help="prompts -> images with the shipped HART, as a captioned grid")
@@ -491,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("hart_mini_demo.png"), help="PNG to write")
     p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--steps", type=count(1), default=None, help="head sampling steps (default: the model's, 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed, in [0, 2**32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
     p.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="action", required=True)
@@ -505,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-stage-steps", type=count(0), default=None,
                    help="after the joint training, train the head alone this many steps on the final transformer "
                         "(default: the preset's, 0)")
-    p.add_argument("--train-seed", type=count(0), default=None,
-                   help="seed of the initial weights and the batches (default: the preset's, 0)")
+    p.add_argument("--train-seed", type=seed, default=None,
+                   help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
     training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
                  on_tokenizer=False)
@@ -524,9 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=count(1), default=None,
                    help="diffusion steps of the head (default: the model's, 8)")
     p.add_argument("--no-head", action="store_true", help="skip the residual head: the discrete-only image")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
+    p.add_argument("--off-grammar", action="store_true",
+                   help="draw a --prompt that ToyShapes' caption grammar cannot produce (for experiments)")
+    p.add_argument("--seed", type=seed, default=0,
+                   help="sampling seed, in [0, 2**32); batch i (of 64 images) is drawn with seed + i")
+    p.add_argument("--out", type=Path, default=Path("samples.png"),
+                   help=f"PNG to write: a captioned grid, or beyond {GRID_BATCH} images a plain mosaic")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
     p.set_defaults(func=cmd_sample)
 
     evaluate = sub.add_parser("eval", help="measure a model").add_subparsers(dest="action", required=True)
@@ -538,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--fd", action="store_true", help="also fd_discrete / fd_continuous (needs a judge)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    add_overwrite(p)
     p.set_defaults(func=cmd_eval_tokenizer)
 
     p = evaluate.add_parser("judge", help="the judge on real held-out images: each attribute, and the prompt "
@@ -547,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=count(1), default=5000, help="number of held-out test images")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
     p.set_defaults(func=cmd_eval_judge)
 
     p = evaluate.add_parser("hart", help="FD and prompt accuracy on N held-out captions")
@@ -560,12 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--steps", type=count(1), default=None, help="head sampling steps (default: the model's)")
     p.add_argument("--no-head", action="store_true", help="evaluate the discrete-only images")
-    p.add_argument("--seeds", type=number_list(int), default=[0, 1000, 2000],
-                   help="sampling seeds, comma-separated: FD is reported as mean +- sd over them (default 0,1000,2000)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="one sampling seed only (same as --seeds S): added to every batch's seed")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
+                       help="sampling seeds in [0, 2**32), comma-separated: FD is reported as mean +- sd over them "
+                            "(default 0,1000,2000)")
+    seeds.add_argument("--seed", type=seed, default=None,
+                       help="one sampling seed only (same as --seeds S): added to every batch's seed")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
     p.set_defaults(func=cmd_eval_hart)
 
     p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve "
@@ -580,13 +648,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=count(1), default=500, help="held-out captions per measurement")
     p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for the samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=number_list(int), default=None,
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed, in [0, 2**32)")
+    p.add_argument("--seeds", type=distinct_seeds, default=None,
                    help="head: sampling seeds, FD's sd over them (default: --seed only)")
     p.add_argument("--figure", type=Path, default=None,
                    help="also draw the measurements (scales) or every cell's example images (head) into this PNG")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("bench", help="the quality-speed frontier of HART and the diffusion baseline, and HART's "
@@ -597,15 +666,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=eval_count, default=1000,
                    help="samples per seed for FD and prompt accuracy (0 = speed only)")
-    p.add_argument("--seeds", type=number_list(int), default=[0, 1000, 2000],
+    p.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
                    help="sampling seeds for every quality point (FD mean +- sd over them)")
     p.add_argument("--batch", type=count(1), default=64, help="batch size for throughput")
     p.add_argument("--repeats", type=count(1), default=5, help="timed runs per measurement (median)")
-    p.add_argument("--baseline-steps", type=number_list(int), default=[5, 10, 20, 30, 50],
+    p.add_argument("--baseline-steps", type=listed(count(1), "step counts"), default=[5, 10, 20, 30, 50],
                    help="DDIM step counts of the baseline to sweep")
-    p.add_argument("--head-steps", type=number_list(int), default=[1, 2, 4, 8, 16],
+    p.add_argument("--head-steps", type=listed(count(1), "step counts"), default=[1, 2, 4, 8, 16],
                    help="head step counts of HART to sweep (its default, 8, is always added)")
-    p.add_argument("--cfg-sweep", type=number_list(float), default=[0.0, 1.0, 2.0, 3.0, 4.5, 6.0],
+    p.add_argument("--cfg-sweep", type=listed(guidance, "guidance scales"), default=[0.0, 1.0, 2.0, 3.0, 4.5, 6.0],
                    help="guidance scales each model is tuned over (lowest FD among those with prompt accuracy "
                         "inside the noise of the best)")
     p.add_argument("--cfg", type=guidance, default=None,
@@ -618,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--figure", type=Path, default=None,
                    help="PNG of the frontier (default: beside --json, same name)")
+    add_overwrite(p)
     p.set_defaults(func=cmd_bench)
 
     from hart_mini.ablate import ABLATIONS
@@ -632,9 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=count(2, " (FD needs 2)"), default=None,
                    help="samples per evaluation (default: by preset)")
-    p.add_argument("--seeds", type=number_list(int), default=[0, 1000, 2000],
+    p.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
                    help="sampling seeds of every evaluation (FD mean +- sd over them)")
-    p.add_argument("--train-seeds", type=number_list(int), default=[0, 1],
+    p.add_argument("--train-seeds", type=distinct_seeds, default=[0, 1],
                    help="head, early, full: train every variant with each of these seeds, in OUT/<variant>_seed<s> "
                         "(reused if there); --reference stands in for the first seed's HART")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -646,8 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=count(3, " (the burst logs its speed every steps // 3 steps)"), default=30,
                    help="steps of the training burst")
     p.add_argument("--out", type=Path, default=Path("doctor_samples.png"), help="PNG of a few samples")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=count(0), default=None,
                    help="data processes for the burst (default: on CUDA one per core but one, at most 8)")
+    add_overwrite(p)
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("pipeline", help="the whole course in one process and one time budget (see --help)",
@@ -656,38 +727,44 @@ def build_parser() -> argparse.ArgumentParser:
                        "--budget-minutes. Step counts are set from timing bursts; DIR/results.json is rewritten "
                        "after every step.")
     add_preset(p)
-    p.add_argument("--budget-minutes", type=float, default=8.0, help="wall-clock budget of the whole run")
+    p.add_argument("--budget-minutes", type=positive, default=8.0, help="wall-clock budget of the whole run")
     p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="folder for everything the run writes")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (stages, steps, batch, expected seconds on --target) without training")
     p.add_argument("--target", choices=("h100", "h200"), default="h100", help="the GPU a dry run plans for")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--n-eval", type=int, default=None, help="samples per generator (default: gpu 2000, smoke 64)")
-    p.add_argument("--margin", type=float, default=0.1, help="share of the budget kept free (default 0.1)")
-    p.add_argument("--max-scale", type=float, default=2.0,
+    p.add_argument("--n-eval", type=count(2, " (FD needs 2)"), default=None,
+                   help="samples per generator (default: gpu 2000, smoke 64)")
+    p.add_argument("--margin", type=share(0, 0.5), default=0.1, help="share of the budget kept free (default 0.1)")
+    p.add_argument("--max-scale", type=positive, default=2.0,
                    help="at most this many times the preset's steps when the device is fast (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile the repeated blocks (plans assume eager)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=count(0), default=None,
                    help="processes drawing the data (default: one per core but one on CUDA, else 0)")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("ship-run", help="put a pipeline run's returned files into data/ and data/results/PRESET/")
     p.add_argument("folder", type=Path, help="folder holding results.json and the exported .safetensors files")
     p.add_argument("--data", type=Path, default=None, help="the data folder (default: the repository's data/)")
+    p.add_argument("--replace", action="store_true", help="replace shipped weights and results that differ")
     p.set_defaults(func=cmd_ship_run)
 
     p = sub.add_parser("ship", help="copy a trained model into data/ and record it in data/manifest.json")
     p.add_argument("kind", choices=("tokenizer", "hart", "judge", "diffusion"), help="what the file holds")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, required=True, help="the trained .safetensors file")
-    p.add_argument("--metrics", type=Path, default=None, help="JSON file of metrics to record (from eval)")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="JSON file of metrics to record (from eval); default: the replaced file's, else none")
     p.add_argument("--command", required=True, help="the exact command that trained it")
+    p.add_argument("--replace", action="store_true", help="replace the model shipped for this kind and preset")
     p.set_defaults(func=cmd_ship)
 
     course = sub.add_parser("course", help="instructor tools").add_subparsers(dest="action", required=True)
     p = course.add_parser("student", help="write student notebooks (solution cells replaced by stubs)")
     p.add_argument("outdir", type=Path, help="folder for the student notebooks")
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="course notebooks to convert")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the notebooks of an existing student folder (your edits there are lost)")
     p.set_defaults(func=cmd_course_student)
     return parser
 
@@ -699,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0), or a bad argument (2), already printed
         return e.code if isinstance(e.code, int) else 0
+    NOTES.clear()
     try:
         if getattr(args, "preset", None) is None and hasattr(args, "preset"):
             args.preset = default_preset_name()  # HART_MINI_PRESET, checked

@@ -14,7 +14,6 @@ return files of at most 16 MiB, and the repository ships at most MAX_TOTAL_BYTES
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tarfile
@@ -121,33 +120,44 @@ def _unpack(archive: Path, target: Path) -> list[str]:
     return names
 
 
-def ship_run(run: str | Path, data: str | Path) -> dict:
+def ship_run(run: str | Path, data: str | Path, replace: bool = False) -> dict:
     """Put what a pipeline run brought back into a data folder: the weights listed in run/results.json's
     export section (sha256 checked) into data/, their entries into data/manifest.json, and results.json,
     the log, the samples and the unpacked extras into data/results/PRESET/. `run` is the folder of files a
     GPU machine returned (all side by side) or the pipeline's own output folder (weights in export/).
-    Entries without a code commit (a device machine's copy of the code has no git) get this checkout's."""
+    Entries without a code commit (a device machine's copy of the code has no git) get this checkout's.
+    Every file is checked before the first is copied; shipped weights or results that differ from the run's
+    are replaced only with replace=True (`ship-run --replace`)."""
     run, data = Path(run), Path(data)
-    results = json.loads((run / "results.json").read_text())
+    results = checkpoint.read_json(run / "results.json", "the run's results")
     entries = results.get("export", {}).get("models", {})
     if not entries:
         raise ValueError(f"{str(run / 'results.json')!r} lists no exported models (did the run get that far?)")
     preset = results["preset"]
-    data.mkdir(parents=True, exist_ok=True)
-    commit = code_commit()
-    for entry in entries.values():
+    commit, sources = code_commit(), {}
+    for key, entry in entries.items():
         source = run / entry["file"] if (run / entry["file"]).is_file() else run / "export" / entry["file"]
         entry["code_commit"] = entry.get("code_commit") or commit
         if not source.is_file():
             raise FileNotFoundError(f"{str(source)!r} is listed in results.json but was not brought back")
         if checkpoint.sha256(source) != entry["sha256"]:
             raise ValueError(f"{str(source)!r} does not match the sha256 that results.json records")
-        shutil.copyfile(source, data / entry["file"])
+        sources[key] = source
+    results_dir = data / "results" / preset
+    targets = [(sources[k], data / e["file"]) for k, e in entries.items()] + [
+        (run / name, results_dir / name) for name in ("results.json", "pipeline.log", "samples.png")]
+    differ = [str(target) for source, target in targets
+              if source.is_file() and target.is_file() and checkpoint.sha256(source) != checkpoint.sha256(target)]
+    if differ and not replace:
+        raise ValueError(f"{differ[0]!r} is shipped already with other contents ({len(differ)} shipped files differ "
+                         "from this run's): pass --replace to replace them")
+    data.mkdir(parents=True, exist_ok=True)
+    for key, entry in entries.items():
+        shutil.copyfile(sources[key], data / entry["file"])
     manifest_path = data / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    manifest = checkpoint.read_json(manifest_path, "the manifest") if manifest_path.exists() else {"models": {}}
     manifest["models"].update(entries)
     checkpoint.write_json(manifest_path, manifest)
-    results_dir = data / "results" / preset
     results_dir.mkdir(parents=True, exist_ok=True)
     copied = []
     for name in ("results.json", "pipeline.log", "samples.png"):
@@ -156,4 +166,4 @@ def ship_run(run: str | Path, data: str | Path) -> dict:
             copied.append(name)
     extras = _unpack(run / "extras.tar.gz", results_dir) if (run / "extras.tar.gz").is_file() else []
     return {"models": sorted(entries), "data": str(data), "results": str(results_dir), "copied": copied,
-            "extras": extras}
+            "extras": extras, "replaced": differ}

@@ -12,6 +12,12 @@ the right size.
 `data/manifest.json` lists every shipped file with its sha256, size, config, the exact command that
 produced it, the device and time it took, and its metrics. `load` checks the sha256 before reading a
 byte of the weights, and the weights are safetensors (never pickle).
+
+A model only makes sense at the image size and latent grid it was trained for: `check_fits` refuses one
+used under a preset of another geometry, naming the preset the file was trained for. `ship` is the one
+way a trained model enters data/: it refuses a file trained for another preset, an unfinished file over a
+finished one, and replacing a shipped file without `replace=True` (`ship --replace`); it keeps the replaced
+entry's metrics unless new ones are given, and says what it replaced.
 """
 
 from __future__ import annotations
@@ -41,15 +47,17 @@ def _loaders() -> dict:
 
 
 def manifest() -> dict:
-    import json
-
     if not MANIFEST.exists():
         return {"models": {}}
     try:
-        return json.loads(MANIFEST.read_text())
+        data = json.loads(MANIFEST.read_text())
     except ValueError as e:
         raise ValueError(f"{MANIFEST} is not valid JSON ({e}); restore it with `git checkout -- data/manifest.json`"
                          ) from e
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise ValueError(f"{MANIFEST} holds no 'models' table (was it overwritten by another file?); restore it "
+                         "with `git checkout -- data/manifest.json`")
+    return data
 
 
 def name(kind: str, preset: str) -> str:
@@ -87,8 +95,49 @@ def loader(kind: str):
 
 
 def load(kind: str, preset: str = "cpu", device: str | torch.device = "cpu"):
-    """Load the shipped model `kind` ('tokenizer', ...) trained for `preset`."""
-    return loader(kind)(path(kind, preset), device=device)
+    """Load the shipped model `kind` ('tokenizer', ...) trained for `preset` (checked: check_fits)."""
+    from hart_mini.config import get_preset
+
+    file = path(kind, preset)
+    model = loader(kind)(file, device=device)
+    check_fits(model, get_preset(preset), file)
+    return model
+
+
+def geometry(model) -> tuple[int, int | None]:
+    """(image size, latent grid side) a model works at: a tokenizer's, a generator's tokenizer's; a judge has
+    an image size only."""
+    tokenizer = getattr(model, "tokenizer", model)
+    cfg = getattr(tokenizer, "cfg", None)
+    if cfg is not None and hasattr(cfg, "scales"):
+        return cfg.image_size, cfg.scales[-1]
+    return model.image_size, None
+
+
+def check_fits(model, preset, where: str | Path) -> None:
+    """Refuse a model whose image size or latent grid is not the preset's, naming the preset it was trained
+    for: a 32 px model fed 64 px images (or the other way round) runs, and gives numbers that mean nothing."""
+    size, grid = geometry(model)
+    want_size, want_grid = preset.data.image_size, preset.tokenizer.latent_size
+    if size == want_size and grid in (None, want_grid):
+        return
+    trained = getattr(model, "meta", {}).get("preset")
+    made = f"{size} px images" + (f", latent grid {grid}x{grid}" if grid else "")
+    wanted = f"{want_size} px images" + (f", latent grid {want_grid}x{want_grid}" if grid else "")
+    fix = f"pass --preset {trained}" if trained in ("smoke", "cpu", "gpu") else "pass the preset it was made for"
+    raise ValueError(f"{str(where)!r} was trained for preset {trained or 'unknown'!r} ({made}), but preset "
+                     f"{preset.name!r} works with {wanted}: {fix}")
+
+
+def unfinished(meta: dict) -> str | None:
+    """'stopped after 1 of 30 training steps' for a model file whose training did not finish, else None."""
+    if meta.get("finished", True) is not False:
+        return None
+    stages = meta.get("stages") or {"": meta}  # a tokenizer counts its stages (a), (b)
+    done = sum(s.get("steps_done", 0) for s in stages.values())
+    planned = sum(s.get("steps_planned", 0) for s in stages.values())
+    return f"stopped after {done} of {planned} training steps (finished: false)" if planned else \
+        "is unfinished (finished: false)"
 
 
 @dataclass
@@ -137,12 +186,36 @@ def history(kind: str, preset_name: str = FALLBACK) -> tuple[list[dict] | None, 
     return entries, f"the shipped {preset_name} {kind}'s training history ({file.relative_to(DATA.parent)})"
 
 
-def ship(kind: str, preset: str, source: str | Path, command: str, metrics: dict, extra: dict | None = None) -> dict:
-    """Copy a trained file into data/ and record it in the manifest (sha256, size, config, command, metrics)."""
-    source = Path(source)
-    _, meta = checkpoint.load(source)
+def _check_shippable(kind: str, preset: str, source: Path, meta: dict, replaced: dict | None, replace: bool):
+    """What `ship` refuses: another kind or preset than asked, an unfinished file over a finished one, and
+    replacing a shipped file without `replace`."""
     if meta.get("kind") != kind:
         raise ValueError(f"{str(source)!r} holds a {meta.get('kind')!r}, not a {kind!r}")
+    if meta.get("preset") != preset:
+        raise ValueError(f"{str(source)!r} was trained with preset {meta.get('preset')!r}, not {preset!r} (the "
+                         f"preset it would ship as, data/{name(kind, preset)}.safetensors): pass the --preset it was "
+                         f"trained with, or train one with `python -m hart_mini train {kind} --preset {preset}`")
+    stopped = unfinished(meta)
+    if stopped and (replaced is None or replaced.get("finished", True)):
+        raise ValueError(f"{str(source)!r} {stopped}; " + (f"the shipped data/{replaced['file']} it would replace "
+                         "is finished" if replaced else "a shipped model must be") + ": finish its run with "
+                         f"`python -m hart_mini train {kind} --out FOLDER --resume` first")
+    if replaced is not None and not replace:
+        raise ValueError(f"data/{replaced['file']} is shipped already (sha256 {replaced['sha256'][:12]}..., made by: "
+                         f"{replaced.get('command')}): pass --replace to replace it")
+
+
+def ship(kind: str, preset: str, source: str | Path, command: str, metrics: dict | None = None,
+         extra: dict | None = None, replace: bool = False) -> dict:
+    """Copy a trained file into data/ and record it in the manifest (sha256, size, config, command, metrics).
+
+    metrics None keeps those of the entry it replaces (say so when shipping). The returned entry says what
+    it replaced ('replaced': the old entry's file, sha256, command; None when nothing was shipped)."""
+    source = Path(source)
+    meta = checkpoint.read_meta(source)
+    data = manifest()
+    replaced = data["models"].get(name(kind, preset))
+    _check_shippable(kind, preset, source, meta, replaced, replace)
     target = DATA / f"{name(kind, preset)}.safetensors"
     DATA.mkdir(exist_ok=True)
     if kind in ("hart", "diffusion"):  # it names its tokenizer: point it at the shipped one (the same file)
@@ -154,15 +227,19 @@ def ship(kind: str, preset: str, source: str | Path, command: str, metrics: dict
         checkpoint.save(target, tensors, {**meta, "tokenizer_file": shipped_tokenizer.name})
         (DATA / f"{name(kind, preset)}.json").unlink(missing_ok=True)  # the manifest documents shipped files
     else:
+        checkpoint.load(source)  # verified (checksums, NaN) before it is copied
         shutil.copyfile(source, target)
     entry = {
         "file": target.name, "kind": kind, "preset": preset, "sha256": sha256(target),
         "bytes": target.stat().st_size,
         "config": meta.get("config") or {k: meta.get(k) for k in ("transformer", "head")},
         "train_seconds": meta.get("train_seconds"), "device": meta.get("device"), "torch": meta.get("torch"),
-        "command": command, "metrics": metrics, **(extra or {}),
+        "command": command, "metrics": metrics if metrics is not None else (replaced or {}).get("metrics", {}),
+        **(extra or {}),
     }
-    data = manifest()
+    if metrics is None and replaced and replaced.get("metrics"):
+        entry["metrics_of"] = f"the replaced file (sha256 {replaced['sha256']}): measure this one and ship --metrics"
     data["models"][name(kind, preset)] = entry
     checkpoint.write_json(MANIFEST, data)
-    return entry
+    return {**entry, "replaced": {k: replaced.get(k) for k in ("file", "sha256", "command", "metrics")}
+            if replaced else None}

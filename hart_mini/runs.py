@@ -11,16 +11,25 @@ and refuses, before the first step, to
 - write into a folder that holds another run, of any kind, unless told to resume it or to overwrite it;
 - replace a file that another file there references by sha256 (a HART or diffusion model names the
   tokenizer beside it), even when told to overwrite: that model would no longer load.
+A start that stopped before its first checkpoint (refused, killed) has nothing to continue and nothing
+to lose: `undone_on_failure` removes what a failed start wrote, and `prepare` lets a plain re-run
+start again in a folder whose run.json is all that a killed start left.
+
 Output files (`--out x.png`, `--json r.json`) are checked the same way: the folder they go to can be
-made, and the name is a file name, not an existing folder.
+made, the name is a file name, not an existing folder, and its suffix is what the command writes. What a
+command writes (`command_output`, `output_folder`) never lands in the repository's shipped set (data/,
+notebooks/: only `ship` and `ship-run` put files there), never replaces a run's record, and replaces an
+existing file only when told --overwrite.
 Paths written into results (the command line, model sources) are relative to the repository, or bare
 names outside it, so committed results never record one machine's folder layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from hart_mini import checkpoint
@@ -37,6 +46,8 @@ CHECKPOINTS = {  # the training state each kind keeps, relative to its run folde
 RUN_OF = {"tokenizer": "tokenizer", "hart-training": "hart", "hart": "hart", "diffusion-training": "diffusion",
           "diffusion": "diffusion", "judge-training": "judge", "judge": "judge"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+JSON_SUFFIXES = (".json",)
+SHIPPED = {"data": "the shipped weights, manifest and committed results", "notebooks": "the course"}
 
 
 # --- output paths ---------------------------------------------------------------------------------------
@@ -60,17 +71,47 @@ def output_file(path: str | Path, flag: str = "--out", suffixes: tuple[str, ...]
         example = path / ("result" + (suffixes[0] if suffixes else ".json"))
         raise ValueError(f"{flag} {str(path)!r} is a folder: give a file name, e.g. {str(example)!r}")
     if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise ValueError(f"{flag} {str(path)!r} has no image extension: expected a name ending in "
+        kind = "image" if suffixes == IMAGE_SUFFIXES else suffixes[0].lstrip(".").upper()
+        raise ValueError(f"{flag} {str(path)!r} has no {kind} extension: expected a name ending in "
                          f"{', '.join(suffixes)}")
     _check_parent(path, flag)
     return path
 
 
+def check_not_shipped(path: str | Path, flag: str = "--out") -> None:
+    """Refuse a path inside the repository's shipped set (data/, notebooks/): no command writes there."""
+    resolved = Path(path).resolve()
+    for name, holds_what in SHIPPED.items():
+        folder = (ROOT / name).resolve()
+        if resolved == folder or resolved.is_relative_to(folder):
+            raise ValueError(f"{flag} {str(path)!r} is inside the repository's {name}/ ({holds_what}), which no "
+                             "command writes into: choose a path outside it, e.g. under runs/ (`python -m hart_mini "
+                             "ship` is how a trained model enters data/)")
+
+
+def command_output(path: str | Path, flag: str, suffixes: tuple[str, ...], overwrite: bool) -> Path:
+    """Check a file a command will write, before any work: output_file's checks, and it is not in the shipped
+    set, not a run's record, and not an existing file unless `overwrite` (--overwrite)."""
+    path = Path(path)
+    check_not_shipped(path, flag)
+    if path.name == RUN_FILE:
+        raise ValueError(f"{flag} {str(path)!r}: {RUN_FILE} is the name of a run folder's record (what it holds, "
+                         "how far its training got); choose another name")
+    if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():
+        raise ValueError(f"{flag} {str(path)!r} is the readable copy of {str(path.with_suffix('.safetensors'))!r}'s "
+                         "metadata; choose another name")
+    output_file(path, flag, suffixes)
+    if path.is_file() and not overwrite:
+        raise ValueError(f"{flag} {str(path)!r} exists: pass --overwrite to replace it, or choose another name")
+    return path
+
+
 def output_folder(path: str | Path, flag: str = "--out") -> Path:
-    """Check a folder the command will write into: not an existing file, and makeable."""
+    """Check a folder the command will write into: not an existing file, makeable, not in the shipped set."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a file: give a folder (it is created if missing)")
+    check_not_shipped(path, flag)
     _check_parent(path, flag)
     return path
 
@@ -149,6 +190,8 @@ def prepare(out: str | Path, kind: str, run, writes: dict[str, str | None], pres
 
     out = output_folder(out)
     held = holds(out)
+    if held is not None and held["source"] == RUN_FILE and nothing_saved(out, held["kind"]):
+        held = None  # a start that stopped before its first checkpoint: nothing to continue, nothing to lose
     if held is not None and held["kind"] != kind:
         where = f"{str(out)!r} holds a {held['kind']} run ({held['source']})"
         if run.resume:
@@ -189,6 +232,36 @@ def mark(out: str | Path, stage: str) -> None:
     manifest = Path(out) / RUN_FILE
     if world()[0] == 0 and manifest.is_file():
         checkpoint.write_json(manifest, {**json.loads(manifest.read_text()), "stage": stage})
+
+
+def nothing_saved(out: str | Path, kind: str) -> bool:
+    """True when a `kind` run in `out` has saved nothing yet: no checkpoint, no model."""
+    out = Path(out)
+    names = (*CHECKPOINTS.get(kind, ()), f"{kind}.safetensors")
+    return kind in CHECKPOINTS and not any((out / name).is_file() for name in names)
+
+
+@contextlib.contextmanager
+def undone_on_failure(out: str | Path, kind: str):
+    """Run a training start in `out`; if it fails before saving anything (a refusal, Ctrl-C), leave the folder
+    as it was found: run.json as before (or gone), and the folder gone if this start made it and it holds no
+    file. A start killed outright (kill -9) cannot clean up: `prepare` then lets a plain re-run start again."""
+    from hart_mini.runtime import world
+
+    out = Path(out)
+    made = not out.exists()
+    before = (out / RUN_FILE).read_bytes() if (out / RUN_FILE).is_file() else None
+    try:
+        yield
+    except BaseException:
+        if world()[0] == 0 and out.is_dir() and nothing_saved(out, kind):
+            if before is not None:
+                (out / RUN_FILE).write_bytes(before)
+            else:
+                (out / RUN_FILE).unlink(missing_ok=True)
+            if made and not any(p.is_file() for p in out.rglob("*")):
+                shutil.rmtree(out)
+        raise
 
 
 def check_resumable(out: str | Path, kind: str) -> None:

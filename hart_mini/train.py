@@ -15,6 +15,7 @@ Checkpoints are written atomically by rank 0 (hart_mini.checkpoint); a crash nev
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -426,6 +427,19 @@ def _prepare(out: str | Path, kind: str, run: RunOptions, preset, command: str,
     return runs.prepare(out, kind, run, writes, preset.name, command)
 
 
+def _clean_start(kind: str):
+    """A training function whose failed start (a refusal, Ctrl-C before its first checkpoint) leaves its
+    output folder as it found it (hart_mini.runs.undone_on_failure)."""
+    def wrap(train: Callable) -> Callable:
+        @functools.wraps(train)
+        def run(preset, out, *args, **kwargs):
+            with runs.undone_on_failure(out, kind):
+                return train(preset, out, *args, **kwargs)
+        return run
+    return wrap
+
+
+@_clean_start("tokenizer")
 def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, command: str = "",
                     data=None) -> dict:
     """Both tokenizer stages for a preset; writes OUT/stage_a, OUT/stage_b and OUT/tokenizer.safetensors.
@@ -529,9 +543,7 @@ def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device
     else:
         path = Path(tokenizer) / "tokenizer.safetensors" if Path(tokenizer).is_dir() else Path(tokenizer)
     tok = HybridTokenizer.from_file(path, device)
-    if tok.cfg.image_size != preset.data.image_size:
-        raise ValueError(f"the tokenizer {str(path)!r} takes {tok.cfg.image_size} px images but preset "
-                         f"{preset.name!r} draws {preset.data.image_size} px ones")
+    pretrained.check_fits(tok, preset, path)  # its image size and latent grid are the preset's
     return tok, path
 
 
@@ -596,6 +608,7 @@ def _head_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict
                deadline)
 
 
+@_clean_start("hart")
 def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,
                command: str = "", mode: str | None = None, data=None) -> dict:
     """Train HART (transformer + residual head) on a frozen tokenizer; writes OUT/hart.safetensors.
@@ -621,6 +634,7 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
                             deadline, command, tokens, data)
 
 
+@_clean_start("diffusion")
 def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,
                     command: str = "", data=None) -> dict:
     """Train the latent diffusion baseline on a frozen tokenizer; writes OUT/diffusion.safetensors."""
@@ -642,6 +656,7 @@ def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None
                             run, device, deadline, command, tokens, data)
 
 
+@_clean_start("judge")
 def train_judge(preset, out: str | Path, run: RunOptions | None = None, command: str = "",
                 n_eval: int = 5000, data=None, held: dict | None = None) -> dict:
     """Train the judge on real ToyShapes images; writes OUT/judge.safetensors with its held-out accuracy

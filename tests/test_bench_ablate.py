@@ -86,9 +86,9 @@ def test_bench_speed_only_measures_no_quality_and_names_no_match(models, tmp_pat
 
 def test_bench_refuses_bad_sweeps_in_one_line(models, tmp_path, capsys):
     assert main(_bench(models, tmp_path, "--n", "4", "--baseline-steps", "0,5")) == 2
-    assert "baseline_steps=[0, 5] is invalid" in capsys.readouterr().err
+    assert "argument --baseline-steps: 0 is invalid: expected an integer >= 1 (in 0,5)" in capsys.readouterr().err
     assert main(_bench(models, tmp_path, "--seeds", "zero")) == 2
-    assert "'zero' is not a comma-separated list of ints" in capsys.readouterr().err
+    assert "argument --seeds: 'zero' is not an integer (in zero)" in capsys.readouterr().err
     from hart_mini.bench import frontier
 
     with pytest.raises(ValueError, match="one value when n_eval = 0"):  # speed only: nothing to tune on
@@ -117,18 +117,28 @@ def test_every_ablation_runs_at_smoke_size_and_writes_json_and_a_figure(name, mo
 
 @pytest.fixture
 def counted_training(monkeypatch):
-    """train_hart at 2 steps, recording (folder name, the training seed it got)."""
+    """train_hart at 2 steps, recording (variant and seed of its folder, the training seed it got): a folder is
+    '<variant>_seed<s>_<preset>_<recipe>'."""
     import hart_mini.train as train
 
     calls, real = [], train.train_hart
 
     def quick(preset, out, *args, **kwargs):
-        calls.append((Path(out).name, preset.hart_train.seed))
+        variant, preset_name, _ = Path(out).name.rsplit("_", 2)
+        assert preset_name == preset.name
+        calls.append((variant, preset.hart_train.seed))
         short = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, steps=2, batch_size=4))
         return real(short, out, *args, **kwargs)
 
     monkeypatch.setattr(train, "train_hart", quick)
     return calls
+
+
+def _variant(out: Path, name: str) -> Path:
+    """The one folder of a trained variant (its name goes on with the preset and a digest of the recipe)."""
+    found = list(out.glob(f"{name}_smoke_*"))
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_ablate_trains_each_variant_per_training_seed_in_its_own_folder_and_reuses_it(models, tmp_path,
@@ -138,7 +148,7 @@ def test_ablate_trains_each_variant_per_training_seed_in_its_own_folder_and_reus
             "--seeds", "0,1", "--train-seeds", "0,3"]
     assert main(args) == 0
     assert sorted(counted_training) == [("early_seed0", 0), ("early_seed3", 3), ("last_seed0", 0), ("last_seed3", 3)]
-    first, second = (checkpoint.load(tmp_path / f"last_seed{s}" / "hart.safetensors")[0] for s in (0, 3))
+    first, second = (checkpoint.load(_variant(tmp_path, f"last_seed{s}") / "hart.safetensors")[0] for s in (0, 3))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # the seed changed the trained weights
     result = json.loads((tmp_path / "early.json").read_text())
     assert result["train_seeds"] == [0, 3]
@@ -162,6 +172,18 @@ def test_ablate_reference_stands_in_for_the_first_training_seed_only(models, tmp
     assert [v["paired"] for v in result["verdicts"]] == [False, False, True, True]  # head skipped: same models
 
 
+def test_variant_folders_are_keyed_by_preset_and_recipe(models):
+    from hart_mini.ablate import variant_folder
+
+    tok = models / "tokenizer.safetensors"
+    smoke = get_preset("smoke")
+    name = variant_folder(smoke, "off", "off", tok)
+    assert name.startswith("off_seed0_smoke_") and variant_folder(smoke, "off", "off", tok) == name
+    longer = dataclasses.replace(smoke, hart_train=dataclasses.replace(smoke.hart_train, steps=31))
+    assert variant_folder(longer, "off", "off", tok) != name  # another budget: another variant
+    assert variant_folder(get_preset("cpu"), "off", "off", tok).startswith("off_seed0_cpu_")
+
+
 def test_kv_cache_benchmark_reports_both_sizes():
     from hart_mini.bench import kv_cache_speedup
 
@@ -177,11 +199,11 @@ def test_position_ablation_trains_the_absolute_variant_and_reports_each_ones_sen
             "--seeds", "0", "--train-seeds", "0", "--reference", str(models / "hart" / "hart.safetensors")]
     assert main(args) == 0
     result = json.loads((tmp_path / "position.json").read_text())
-    variant = json.loads((tmp_path / "last_absolute_seed0" / "run.json").read_text())
-    assert variant["kind"] == "hart"
+    folder = _variant(tmp_path, "last_absolute_seed0")
+    assert json.loads((folder / "run.json").read_text())["kind"] == "hart"
     from hart_mini.model.hart import HART
 
-    assert HART.from_file(tmp_path / "last_absolute_seed0" / "hart.safetensors").cfg.position == "absolute"
+    assert HART.from_file(folder / "hart.safetensors").cfg.position == "absolute"
     assert [r["label"] for r in result["rows"]] == list(result["sensitivity"])
     assert {v["metric"] for v in result["verdicts"]} == {"fd", "prompt_accuracy", "acc_position"}
     for part in result["sensitivity"].values():

@@ -123,3 +123,39 @@ def test_shipped_files_carry_checksums_and_load_without_warnings(kind):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pretrained.load(kind, "cpu")
+
+
+def _rewrite_header(path, **changes):
+    """The file again with header entries changed (None deletes one), tensors untouched: a hand edit."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header.update(changes)
+    save_file(tensors, str(path), metadata={k: v for k, v in header.items() if v is not None})
+
+
+def test_a_file_that_records_its_format_must_carry_its_checksums(tmp_path):
+    path = checkpoint.save(tmp_path / "m.safetensors", {"w": torch.ones(3)}, {"step": 1})
+    _rewrite_header(path, **{checkpoint.CHECKSUM_KEY: None})
+    with pytest.raises(ValueError, match="carries no checksums, but it records checkpoint_format 2"):
+        checkpoint.load(path)
+    with pytest.raises(ValueError, match="carries no checksums"):
+        checkpoint.read_meta(path)
+
+
+@pytest.mark.parametrize("entry", ["5", "[1, 2]", "{}", '{"tensors": 1, "metadata": "x"}', "not json"])
+def test_a_malformed_checksum_entry_is_refused_naming_the_file(tmp_path, entry):
+    path = checkpoint.save(tmp_path / "m.safetensors", {"w": torch.ones(3)}, {"step": 1})
+    _rewrite_header(path, **{checkpoint.CHECKSUM_KEY: entry})
+    with pytest.raises(ValueError, match=r"m\.safetensors': its checksum entry 'hart_mini_sha256' is malformed"):
+        checkpoint.load(path)
+
+
+def test_metadata_that_is_not_a_json_object_is_refused_naming_the_file(tmp_path):
+    path = checkpoint.save(tmp_path / "m.safetensors", {"w": torch.ones(3)}, {"step": 1})
+    for text, message in (("{x", "is not valid JSON"), ("[1]", "is a list, not a JSON object")):
+        _rewrite_header(path, **{checkpoint.META_KEY: text, checkpoint.CHECKSUM_KEY: None})
+        with pytest.raises(ValueError, match=f"m.safetensors': its hart_mini metadata {message}"):
+            checkpoint.load(path)

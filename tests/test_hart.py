@@ -159,7 +159,7 @@ def test_cli_trains_discrete_only_and_samples(tmp_path, capsys):
                  "--cfg", "2", "--seed", "0", "--out", str(grid)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert grid.is_file() and result["prompts"] == ["a small red circle at the top"] * 2
-    assert main(["sample", "--ckpt", str(out), "--prompt", "a purple hexagon", "--out", str(grid)]) == 2
+    assert main(["sample", "--ckpt", str(out), "--prompt", "a purple hexagon", "--out", str(grid), "--overwrite"]) == 2
     assert "unknown word 'hexagon'" in capsys.readouterr().err
 
 

@@ -2,8 +2,10 @@
 
 Each row of CASES is one bad input: what it is, the command a user would type, and the outcome it must
 get (a regular expression over `exit CODE: LAST LINE OF STDERR`, or over what a Python call returns).
-Rows that guard against data loss also check the files are untouched. The table in
-notebooks/robustness.md is rendered from these rows and the outcomes the tests saw;
+Rows that guard against data loss also check the files are untouched. The rows are here and in
+robustness_outputs.py (what commands write) and robustness_inputs.py (what they read), their shared tools in
+robustness_harness.py. The table in notebooks/robustness.md is rendered from these rows, grouped, and the
+outcomes the tests saw;
 `test_the_robustness_table_is_current` fails while it is stale. Regenerate it with
 
     HART_MINI_WRITE_TABLE=1 pytest tests/test_robustness.py
@@ -11,49 +13,32 @@ notebooks/robustness.md is rendered from these rows and the outcomes the tests s
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
-import shutil
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from robustness_harness import (
+    CASES,
+    GROUPS,
+    ROOT,
+    SMOKE,
+    Case,
+    case,
+    checkpoint,
+    cli,
+    copy_run,
+    edit_metadata,
+    pretrained,
+    sample,
+    sha,
+)
 
-from hart_mini import checkpoint, pretrained
-from hart_mini.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "notebooks" / "robustness.md"
-SMOKE = ("--preset", "smoke", "--device", "cpu")
-
-
-# --- running a command as a user would, in a folder of its own ----------------------------------------------
-
-
-def cli(*args: str) -> str:
-    """`exit CODE: the last line on stderr` of `python -m hart_mini ARGS` (run in this process); an exception
-    that escapes reads `exit traceback: Type: message`."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = main(list(args))
-    except SystemExit as e:  # argparse, before main caught it
-        code = e.code
-    except Exception as e:
-        return f"exit traceback: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    lines = [line.strip() for line in re.split(r"[\r\n]", err.getvalue()) if line.strip()]
-    return f"exit {code}: {lines[-1] if lines else ''}"
-
-
-def sha(path: Path) -> str:
-    return checkpoint.sha256(path)
 
 
 @pytest.fixture(scope="module")
@@ -66,49 +51,7 @@ def trained(tmp_path_factory) -> Path:
     return root
 
 
-def copy_run(trained: Path, name: str) -> Path:
-    shutil.copytree(trained / name, "run")
-    return Path("run")
-
-
-def edit_metadata(path: Path, edit: Callable[[dict], None]) -> None:
-    """Change a checkpoint's metadata as a hand edit of its header would: same tensors, same other keys."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(path), framework="pt") as f:
-        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    meta = json.loads(header["hart_mini"])
-    edit(meta)
-    save_file(tensors, str(path), metadata={**header, "hart_mini": json.dumps(meta, sort_keys=True)})
-
-
-def sample(*extra: str) -> str:
-    return cli("sample", *SMOKE, "--ckpt", "run/hart.safetensors", "--n", "1", "--out", "x.png", *extra)
-
-
-# --- the rows -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    id: str
-    group: str
-    bad_input: str
-    command: str  # as a user would type it (shown in the table)
-    expect: str  # regular expression the outcome must match
-    run: Callable  # (trained runs, monkeypatch) -> outcome string; asserts its own post-conditions
-
-
-CASES: list[Case] = []
-
-
-def case(group: str, bad_input: str, command: str, expect: str):
-    def register(run):
-        CASES.append(Case(run.__name__.removeprefix("case_").replace("_", "-"), group, bad_input, command, expect,
-                          run))
-        return run
-    return register
+# --- the rows (more in robustness_outputs.py and robustness_inputs.py) -----------------------------------------
 
 
 @case("data loss", "train HART into a folder that holds a trained tokenizer",
@@ -454,6 +397,9 @@ def case_readme_json_goes_into_runs(trained, mp):
         f"every --json goes into runs/: {len(targets)} commands"
 
 
+import robustness_inputs  # noqa: E402,F401  (their rows register themselves, after this file's)
+import robustness_outputs  # noqa: E402,F401
+
 # --- the tests ------------------------------------------------------------------------------------------------
 
 SEEN: dict[str, str] = {}  # case id -> outcome, for the table
@@ -479,15 +425,18 @@ def render(outcomes: dict[str, str]) -> str:
     lines = [
         "# What each bad input gets",
         "",
-        "Generated from `tests/test_robustness.py`: each row is one test there, and the last column is what the",
-        "command printed (its exit status and last line on stderr) or what the call returned in that test. Exit",
-        "2 is a one-line error before any work. `pytest` fails while this page is stale; regenerate it with",
-        "`HART_MINI_WRITE_TABLE=1 pytest tests/test_robustness.py`. Commands are `python -m hart_mini ...`.",
+        "Generated from `tests/test_robustness.py`: each row is one test there (its rows are in that file,",
+        "`robustness_outputs.py` and `robustness_inputs.py`), the first column says what the input got before it",
+        "was guarded, and the last column is what the command printed (its exit status and last line on stderr)",
+        "or what the call returned in that test. Exit 2 is a one-line error before any work. `pytest` fails while",
+        "this page is stale; regenerate it with `HART_MINI_WRITE_TABLE=1 pytest tests/test_robustness.py`.",
+        "Commands are `python -m hart_mini ...`.",
         "",
         "| before the fix | bad input | command | what it gets |",
         "| --- | --- | --- | --- |",
     ]
-    lines += [f"| {c.group} | {cell(c.bad_input)} | `{c.command}` | {cell(outcomes[c.id])} |" for c in CASES]
+    rows = sorted(CASES, key=lambda c: GROUPS.index(c.group))  # data loss first; stable within a group
+    lines += [f"| {c.group} | {cell(c.bad_input)} | `{c.command}` | {cell(outcomes[c.id])} |" for c in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -53,3 +53,41 @@ def test_recorded_paths_are_relative_to_the_repository_or_bare_names(tmp_path):
     assert runs.portable(tmp_path / "b.json") == "b.json"
     assert runs.portable_command(["eval", "hart", "--json", str(tmp_path / "r.json"), "--n", "2"]) == \
         "python -m hart_mini eval hart --json r.json --n 2"
+
+
+def test_a_start_interrupted_before_its_first_checkpoint_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    from hart_mini.measure.judge import Judge
+
+    def interrupted(self, images, labels):
+        raise KeyboardInterrupt  # Ctrl-C during the first step
+
+    monkeypatch.setattr(Judge, "loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _judge_run(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(KeyboardInterrupt):
+        _judge_run(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_killed_start_is_started_again_by_a_plain_run(tmp_path):
+    from hart_mini import checkpoint
+
+    checkpoint.write_json(tmp_path / "run.json", {"kind": "judge", "stage": "training"})  # all a kill -9 left
+    assert runs.nothing_saved(tmp_path, "judge")
+    assert _judge_run(tmp_path)["finished"]
+
+
+def test_command_outputs_stay_out_of_the_shipped_set_and_off_existing_files(tmp_path):
+    with pytest.raises(ValueError, match="is inside the repository's data/"):
+        runs.command_output(runs.ROOT / "data" / "new.json", "--json", runs.JSON_SUFFIXES, overwrite=True)
+    with pytest.raises(ValueError, match="is inside the repository's notebooks/"):
+        runs.output_folder(runs.ROOT / "notebooks" / "student")
+    (tmp_path / "r.json").write_text("{}")
+    with pytest.raises(ValueError, match="exists: pass --overwrite"):
+        runs.command_output(tmp_path / "r.json", "--json", runs.JSON_SUFFIXES, overwrite=False)
+    assert runs.command_output(tmp_path / "r.json", "--json", runs.JSON_SUFFIXES, overwrite=True)
+    with pytest.raises(ValueError, match="run.json is the name of a run folder's record"):
+        runs.command_output(tmp_path / "run.json", "--json", runs.JSON_SUFFIXES, overwrite=True)

@@ -99,16 +99,40 @@ def student_notebook(notebook: dict) -> dict:
     return nb
 
 
-def write_student_notebooks(src: str | Path, out: str | Path) -> list[Path]:
-    """Write a student version of every notebook in `src` to `out`; returns the written paths."""
+def is_course_notebook(notebook: dict) -> bool:
+    """Does a notebook still hold a solution (a cell tagged `solution` that raises no NotImplementedError)? Then
+    it is a course notebook, not a student version (whose stubs an instructor may edit, but which still raise)."""
+    return any(SOLUTION_TAG in c.get("metadata", {}).get("tags", []) and "NotImplementedError" not in
+               "".join(c["source"]) for c in notebook.get("cells", []) if c.get("cell_type") == "code")
+
+
+def check_student_folder(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse, before writing anything, a student folder that is the course itself (or holds course notebooks:
+    OUTDIR and --notebooks swapped), and a non-empty one unless `overwrite`: an instructor edits student
+    notebooks, and a second run would replace those edits."""
     from hart_mini.runs import output_folder
 
-    src, out = Path(src), output_folder(out, "the student folder")
+    folder = out.is_dir()
+    course = [p for p in sorted(out.glob("*.ipynb")) if is_course_notebook(json.loads(p.read_text("utf-8")))] \
+        if folder else []
+    if folder and (out.resolve() == src.resolve() or course):
+        raise ValueError(f"the student folder {str(out)!r} is the course itself (it holds {len(course)} course "
+                         "notebooks with their solutions); did you swap OUTDIR and --notebooks? Give a new folder")
+    output_folder(out, "the student folder")  # not a file, not in the shipped set, can be made
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise ValueError(f"the student folder {str(out)!r} is not empty ({len(held)} files, e.g. {held[0]!r}): "
+                         "give a new folder, or pass --overwrite to replace its notebooks (edits made there are lost)")
+
+
+def write_student_notebooks(src: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write a student version of every notebook in `src` to `out`; returns the written paths. `out` must be
+    a new or empty folder (or overwrite=True), and never the course itself."""
+    src, out = Path(src), Path(out)
     notebooks = sorted(src.glob("*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no notebooks (*.ipynb) in {str(src)!r}")
-    if out.resolve() == src.resolve():
-        raise ValueError("the output folder must differ from the course notebooks' folder")
+    check_student_folder(src, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in notebooks:

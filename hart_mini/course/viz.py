@@ -16,6 +16,7 @@ import torch
 
 DPI = 100
 CELL = 1.5  # inches per image in a grid
+GRID_CAPTIONED = 64  # at most this many images get a captioned grid; more go into one plain mosaic
 
 
 def to_uint8(images) -> np.ndarray:
@@ -62,6 +63,22 @@ def image_grid(images, captions: list[str] | None = None, ncols: int = 8, title:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(pad=0.3)
+    return fig
+
+
+def mosaic(images, ncols: int | None = None) -> plt.Figure:
+    """Many images tiled into one picture at one figure pixel per image pixel, without captions: a single
+    image, so it draws as fast for 100 000 images as a captioned grid draws 64."""
+    pixels = to_uint8(images)
+    n, H, W, _ = pixels.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = -(-n // ncols)
+    canvas = np.full((nrows * H, ncols * W, 3), 255, dtype=np.uint8)  # white where the last row ends
+    for i in range(n):
+        row, col = divmod(i, ncols)
+        canvas[row * H:(row + 1) * H, col * W:(col + 1) * W] = pixels[i]
+    fig = plt.figure(figsize=(ncols * W / DPI, nrows * H / DPI), dpi=DPI)
+    fig.figimage(canvas, resize=False)
     return fig
 
 

@@ -414,7 +414,9 @@ class ImageFolder(torch.utils.data.Dataset):
     """Images in class sub-folders; items look like ToyShapes' (labels = the class index).
 
     Greyscale, 16-bit, float, palette and RGBA images are converted to RGB by `to_rgb` (alpha is composited
-    on white); every image is resized (shorter side) and centre-cropped to `image_size`.
+    on white); a photo's EXIF orientation is applied (it is drawn as a viewer shows it); every image is resized
+    (shorter side) and centre-cropped to `image_size`. Two folders that read as the same caption (a_red_circle
+    and a-red-circle) are refused: they would be two classes with one caption.
     """
 
     def __init__(self, root: str | Path, image_size: int = 32):
@@ -428,6 +430,13 @@ class ImageFolder(torch.utils.data.Dataset):
         if not folders:
             raise ValueError(f"{str(self.root)!r} has no class sub-folders; expected ROOT/<caption>/<image>.png")
         self.captions = [p.name.replace("_", " ").replace("-", " ").strip() for p in folders]
+        seen: dict[str, Path] = {}
+        for folder, caption in zip(folders, self.captions):
+            key = " ".join(caption.lower().split())  # as the caption tokenizer reads it
+            if key in seen:
+                raise ValueError(f"class folders {str(seen[key])!r} and {str(folder)!r} both read as the caption "
+                                 f"{key!r}: merge them, or rename one")
+            seen[key] = folder
         self.files: list[tuple[Path, int]] = []
         for label, folder in enumerate(folders):
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -446,13 +455,13 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def load(self, i: int) -> np.ndarray:
         """Image i as uint8 (H, W, 3)."""
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         path, _ = self.files[i]
         try:
             with Image.open(path) as im:
                 im.load()
-                im = to_rgb(im, path)
+                im = to_rgb(ImageOps.exif_transpose(im), path)  # a photo's rotation, as a viewer shows it
         except ValueError:
             raise
         except Exception as e:
