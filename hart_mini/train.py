@@ -592,12 +592,18 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
 
 def _head_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict, run: RunOptions,
                 device: torch.device, deadline: float | None, tokens_per_sample: int) -> dict:
-    """Train HART's head alone for `steps` steps on the transformer as it is now (the joint training's
+    """Train a fresh head alone for `steps` steps on the transformer as it is now (the joint training's
     final, averaged weights), in OUT/head_stage: the diffusion loss only (HART.loss(head_only=True)), the
-    same batches and learning rate as the joint training, no weight average. Returns fit's result."""
+    same batches and learning rate as the joint training, no weight average. Returns fit's result.
+
+    Why a fresh head: the jointly trained head denoises well but draws poor samples, and the longer a head
+    trains the worse its samples get (notebook 07, section 4); the joint training still needs a head, whose
+    gradient shapes h (a discrete-only model is clearly worse)."""
     stage_cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 4), ema=0.0,
                                     weight_decay=0.0, checkpoint_every=min(cfg.checkpoint_every, steps),
                                     log_every=min(cfg.log_every, steps))
+    torch.manual_seed(cfg.seed)  # the fresh head's weights: the same in a resumed run (then overwritten)
+    model.reset_head()
     params = [*model.head.parameters(), *model.cond_norm.parameters()]
 
     def loss(batch: dict):

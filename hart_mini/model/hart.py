@@ -131,8 +131,7 @@ class HART(nn.Module):
         self.transformer = NextScaleTransformer(cfg, tok.scales, tok.latent_channels, tok.codebook_size,
                                                 text_tokenizer.vocab_size)
         if self.head_cfg.mode != "off":
-            self.head = MLPHead(self.head_cfg, tok.latent_channels, cfg.width)
-            self.cond_norm = nn.LayerNorm(cfg.width)  # z = norm(h + word_embed(e(r)))
+            self.reset_head()
             self.schedule = CosineSchedule(self.head_cfg.train_steps)
         # CE weight of each image token (L,): (pn_k^2)^-scale_balance, mean 1 (see TransformerConfig)
         sizes = torch.cat([torch.full((p * p,), float(p * p)) for p in self.scales])
@@ -141,6 +140,13 @@ class HART(nn.Module):
         # The head's targets are divided by this, measured from data (measure_residual_scale), so they
         # have unit variance; it is saved with the weights.
         self.register_buffer("residual_scale", torch.ones(()))
+
+    def reset_head(self) -> None:
+        """A fresh, untrained head and condition norm, z = norm(h + word_embed(e(r))) (the head stage starts
+        from one: notebook 07, section 4)."""
+        device = self.residual_scale.device if hasattr(self, "residual_scale") else None
+        self.head = MLPHead(self.head_cfg, self.tokenizer.cfg.latent_channels, self.cfg.width).to(device)
+        self.cond_norm = nn.LayerNorm(self.cfg.width).to(device)
 
     @property
     def mode(self) -> str:
