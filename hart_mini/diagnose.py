@@ -62,6 +62,21 @@ def scale_cross_entropy(model, images: torch.Tensor, captions: list[str]) -> tor
     return torch.stack([ce[:, starts[k]:starts[k + 1]].mean(1) for k in range(model.K)], dim=1)
 
 
+def paired_cross_entropy(model, data: ToyShapes, rows: list[tuple[int, str]], batch_size: int,
+                         desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows (image index, other caption): each image's per-scale CE (scale_cross_entropy) under its own
+    caption and under the other one, (N, K) each, on the CPU."""
+    device = next(model.parameters()).device
+    true_ce, other_ce = [], []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        chunk = rows[start:start + batch_size]
+        batch = data.batch([i for i, _ in chunk])
+        images = batch["image"].to(device)
+        true_ce.append(scale_cross_entropy(model, images, batch["caption"]).cpu())
+        other_ce.append(scale_cross_entropy(model, images, [c for _, c in chunk]).cpu())
+    return torch.cat(true_ce), torch.cat(other_ce)
+
+
 def caption_sensitivity(model, data_config, n: int = 500, batch_size: int = 100) -> dict:
     """Per scale, how much the true tokens' CE rises when the caption's position / relation is flipped.
 
@@ -71,7 +86,6 @@ def caption_sensitivity(model, data_config, n: int = 500, batch_size: int = 100)
     if n < 1:
         raise ValueError(f"n={n} is invalid: expected at least 1 caption of each kind")
     data = ToyShapes(data_config, "test", size=max(20 * n, 100))
-    device = next(model.parameters()).device
     picked = {"position": [], "relation": []}  # (index, flipped caption)
     for i in range(len(data)):
         flipped = flip_caption(data.scene(i).caption)
@@ -81,14 +95,7 @@ def caption_sensitivity(model, data_config, n: int = 500, batch_size: int = 100)
             break
     out = {"scales": list(model.scales)}
     for kind, rows in picked.items():
-        true_ce, flipped_ce = [], []
-        for start in tqdm(range(0, len(rows), batch_size), desc=f"sensitivity ({kind})", leave=False):
-            chunk = rows[start:start + batch_size]
-            batch = data.batch([i for i, _ in chunk])
-            images = batch["image"].to(device)
-            true_ce.append(scale_cross_entropy(model, images, batch["caption"]))
-            flipped_ce.append(scale_cross_entropy(model, images, [c for _, c in chunk]))
-        t, f = torch.cat(true_ce), torch.cat(flipped_ce)  # (N, K)
+        t, f = paired_cross_entropy(model, data, rows, batch_size, f"sensitivity ({kind})")  # (N, K) each
         diff = f - t
         out[kind] = {"n": len(rows), "ce_true": _rounded(t.mean(0)), "ce_flipped": _rounded(f.mean(0)),
                      "sensitivity": _rounded(diff.mean(0)),
@@ -183,7 +190,6 @@ def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
     if n < 1:
         raise ValueError(f"n={n} is invalid: expected at least 1 two-object caption")
     data = ToyShapes(data_config, "test", size=max(10 * n, 100))
-    device = next(model.parameters()).device
     rows = {edit: [] for edit in TEXT_EDITS}  # (index, edited caption)
     for i in range(len(data)):
         caption = data.scene(i).caption
@@ -196,14 +202,7 @@ def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
     sizes = torch.tensor([p * p for p in model.scales], dtype=torch.float64)  # tokens per scale
     out = {"scales": list(model.scales), "edits": {}}
     for edit, picked in rows.items():
-        true_ce, edited_ce = [], []
-        for start in tqdm(range(0, len(picked), batch_size), desc=f"text probe ({edit})", leave=False):
-            chunk = picked[start:start + batch_size]
-            batch = data.batch([i for i, _ in chunk])
-            images = batch["image"].to(device)
-            true_ce.append(scale_cross_entropy(model, images, batch["caption"]).double().cpu())
-            edited_ce.append(scale_cross_entropy(model, images, [c for _, c in chunk]).double().cpu())
-        t, e = torch.cat(true_ce), torch.cat(edited_ce)  # (N, K)
+        t, e = (x.double() for x in paired_cross_entropy(model, data, picked, batch_size, f"text probe ({edit})"))
         diff = e - t
         overall = (diff * sizes).sum(1) / sizes.sum()  # (N,): the rise over all image tokens
         wins = float((overall > 0).double().mean())
