@@ -129,8 +129,8 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
     n_eval = 0 measures speed only, at the one guidance scale in cfgs. eval_batch: prompts per sampling call.
     deadline (a time.perf_counter() value): the core points (HART at its default head steps, its discrete
     path, the baseline at its reference steps) are always measured, first; each other point only if it
-    should end before the deadline, judged from its model's core point (the baseline's time grows with
-    its steps). Points left out are listed in 'cut'.
+    should end before the deadline, judged from its model's core point (the baseline's time in proportion
+    to its steps). Points left out are listed in 'cut'.
     """
     _check_sweeps(n_eval, seeds, baseline_steps, head_steps, cfgs, tune_at)
     hart_default = hart.head_cfg.sampling_steps
@@ -195,8 +195,9 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
     points, took, cut = {"diffusion": [], "hart": [], "discrete": []}, {}, []
     for name, steps in core + extra:
         if (name, steps) in extra and deadline is not None:
-            reference = base_default if name == "diffusion" else hart_default
-            need = took[name] * max(steps / reference, 1.0)
+            # the baseline's time is its steps' (its text and decoder are cheap); HART's head steps are a small
+            # part of its time: fewer never counted as cheaper
+            need = took[name] * (steps / base_default if name == "diffusion" else max(steps / hart_default, 1.0))
             if time.perf_counter() + need > deadline:
                 cut.append({"model": name, "steps": steps, "needed_s": round(need, 1)})
                 bar.update(2 if quality else 1)
