@@ -622,9 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="the whole course in one process and one time budget (see --help)",
                        description="Train tokenizer, judge, HART, the diffusion baseline and (if it fits) the "
-                       "discrete-only model; evaluate, benchmark, draw samples and export fp16 weights, all inside "
-                       "--budget-minutes. Step counts are set from timing bursts; DIR/results.json is rewritten "
-                       "after every step.")
+                       "discrete-only model; export fp16 weights, draw samples, evaluate and benchmark, all inside "
+                       "--budget-minutes. Step counts and every step's deadline come from timing bursts and one "
+                       "measured pass of everything after training; what may be cut comes last. DIR/results.json "
+                       "is rewritten after every step and records planned against measured seconds.")
     add_preset(p)
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="wall-clock budget of the whole run (default 8; 20 with --rehearse)")

@@ -387,8 +387,11 @@ class Pipeline:
                     f"needs {needed:.0f} s for HART's {hart_steps} steps, {max(left, 0):.0f} s are left")
                 self.results.say(f"discrete: skipped, {self.results.data['skipped']['discrete']}")
                 return
-            self.plan["stages"]["discrete"] = {**(planned or {"overhead_s": self.plan["if_discrete_s"]}),
-                                               "steps": hart_steps, "seconds": round(needed, 1)}
+            cfg = self.preset.hart_train
+            self.plan["stages"]["discrete"] = {
+                "preset_steps": cfg.steps, "batch": cfg.batch_size, "step_ms": round(1e3 * self.step_s["discrete"], 2),
+                "overhead_s": round(self.overhead["discrete"], 1), "what": "discrete-only model, HART's steps",
+                **(planned or {}), "steps": hart_steps, "seconds": round(hart_steps * self.step_s["discrete"], 1)}
         cfg = self.config(stage)
         run = self.run_options(self.deadline((stage,)))
         if stage == "diffusion":
@@ -542,7 +545,10 @@ class Pipeline:
 
     def finish(self) -> dict:
         data = self.results.data
-        data["calibration"] = self.calibration()
+        try:
+            data["calibration"] = self.calibration()
+        except Exception as e:  # a record: never the reason a finished run loses its results
+            data["calibration"] = {"error": f"{type(e).__name__}: {e}"}
         peaks = [s["peak_gpu_gb"] for s in data["steps"].values() if s.get("peak_gpu_gb") is not None]
         data["memory"] = {"peak_gpu_gb": max(peaks) if peaks else None, "host_peak_gb": host_peak_gb()}
         data["status"] = "done" if not data["failed"] else f"done, {len(data['failed'])} step(s) failed"

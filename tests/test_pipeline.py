@@ -344,9 +344,10 @@ def device_runs(tmp_path_factory):
     script = (device_command().replace("python3 -m hart_mini", f"{sys.executable} -m hart_mini")
               .replace("--preset gpu", "--preset smoke --rehearse --device cpu")
               .replace("_gpu.safetensors", "_smoke.safetensors"))
-    assert script.count("smoke") == 5  # the preset and the four weight files
-    runs = []
-    for i, text in enumerate((script, script, script.replace("--budget-minutes 7", "--budget-minutes 0"))):
+    assert script.count("smoke") == 5 and script.count("--budget-minutes 7") == 1  # the preset, four weights
+    runs = []  # a budget no machine needs (nothing is cut, however busy this one), then one refused at once
+    for i, budget in enumerate(("60", "60", "0")):
+        text = script.replace("--budget-minutes 7", f"--budget-minutes {budget}")
         out = repo.parent / f"out{i}"
         out.mkdir()
         env = {**os.environ, "OUT": str(out), "OMP_NUM_THREADS": "1"}
@@ -413,3 +414,17 @@ def test_check_run_fails_on_a_missing_figure_and_an_altered_weight(device_runs, 
     assert not checks["ok"]
     failed = {k for k, v in checks["checks"].items() if not v["ok"]}
     assert failed == {"figures", "every model exported", "ship-run and the loaders read it back"}
+
+
+def test_the_discrete_only_model_not_planned_still_trains_when_its_turn_comes_with_time_left(tmp_path, monkeypatch):
+    """Planned without it (here the plan is told it needs more than any budget), the run checks again after
+    HART: with the time there, it trains HART's steps, is evaluated and calibrated like a planned stage."""
+    plain = plan_module.plan_steps
+    monkeypatch.setattr(plan_module, "plan_steps", lambda *args: plain(*args[:4], {"discrete": 1e9}))
+    out = tmp_path / "run"
+    assert main(["pipeline", "--preset", "smoke", "--rehearse", "--device", "cpu", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "discrete" in results["plan"]["skipped"] and "discrete" not in results.get("skipped", {})
+    assert results["training"]["discrete"]["step"] == results["training"]["hart"]["step"]
+    assert results["metrics"]["discrete"]["n"] >= 2 and results["calibration"]["ms_per_step"]["discrete"]["trained_ms"]
+    assert results["rehearsal_checks"]["ok"]
