@@ -30,6 +30,7 @@ kernels that ran and the peak memory. The log goes to DIR/pipeline.log and stder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -108,8 +109,6 @@ def host_peak_gb() -> float | None:
 
 def save_model(kind: str, model, path: Path, preset, tokenizer_file: Path | None = None) -> Path:
     """Write a model the way its training recipe does (the metadata export and the loaders read)."""
-    import dataclasses
-
     if kind in ("hart", "diffusion"):
         model.save(path, tokenizer_file)
     else:
@@ -154,6 +153,7 @@ class Pipeline:
         self.plan: dict = {}
         self.step_s: dict = {}
         self.models: dict = {}  # the trained models, as exported and loaded back: what is evaluated
+        self.model_files: dict = {}  # ... and their files
 
     # --- bookkeeping ---
 
@@ -272,7 +272,6 @@ class Pipeline:
         seconds counted as 0, and the run goes on: the real step will meet it again, and its deadline holds."""
         from hart_mini.bench import timed
         from hart_mini.measure.evaluate import evaluate_generator, evaluate_tokenizer
-        from hart_mini.runtime import inference_autocast
 
         errors, calls = {}, {}
 
@@ -298,17 +297,14 @@ class Pipeline:
         n_tok = min(TOKENIZER_BATCH, len(self.test))
         measure("tokenizer_eval", lambda: evaluate_tokenizer(tokenizer, self.test, n_tok, judge=judge))
         calls["tokenizer_eval"] *= TOKENIZER_BATCH / n_tok
-        samplers = {"hart": lambda p, s: hart.generate(p, seed=s),
-                    "hart_head_skipped": lambda p, s: hart.generate(p, seed=s, use_head=False),
-                    "diffusion": lambda p, s: diffusion.generate(p, seed=s)}
+        samplers = {"hart": self.sampler(hart), "hart_head_skipped": self.sampler(hart, use_head=False),
+                    "diffusion": self.sampler(diffusion)}
         batch, prompts = self.sizes["batch"], self.test.batch(range(self.sizes["batch"]))
-        with inference_autocast(self.device):
-            for g, fn in samplers.items():
-                measure(f"eval_{g}", lambda fn=fn: evaluate_generator(fn, judge, self.preset.data, batch, batch,
-                                                                      prompts))
-                for label, size in (("one", 1), ("throughput", self.sizes["throughput_batch"])):
-                    measure(f"{label}_{g}", lambda fn=fn, size=size: timed(
-                        lambda: fn(prompts["caption"][:size], 0), self.device, 1, 1), wall=False)
+        for g, fn in samplers.items():
+            measure(f"eval_{g}", lambda fn=fn: evaluate_generator(fn, judge, self.preset.data, batch, batch, prompts))
+            for label, size in (("one", 1), ("throughput", self.sizes["throughput_batch"])):
+                measure(f"{label}_{g}", lambda fn=fn, size=size: timed(
+                    lambda: fn(prompts["caption"][:size], 0), self.device, 1, 1), wall=False)
         measure("samples", lambda: self.draw_samples(folder, {"hart": hart, "discrete": hart, "diffusion": diffusion}))
         measure("pack", lambda: self.pack(folder))
         return calls, errors
@@ -325,18 +321,17 @@ class Pipeline:
     # --- training, each model exported as soon as it is trained ---
 
     def export(self, kind: str, source: Path, metrics: dict | None = None):
+        """Export a trained model (export_and_load), list it in results.json; its path and loaded model."""
+        from hart_mini.export import check_sizes
+
         entry, model = export_and_load(kind, source, self.out / "export", self.preset.name, self.device,
                                        self.opts.command, metrics)
         models = self.results.data["export"]["models"]
         models[f"{kind}_{self.preset.name}"] = entry
-        from hart_mini.export import check_sizes
-
         self.results.data["export"]["sizes"] = check_sizes(models)
         return self.out / "export" / entry["file"], model
 
     def train_tokenizer(self) -> None:
-        import dataclasses
-
         from hart_mini.train import train_tokenizer
 
         preset = dataclasses.replace(self.preset, tokenizer_train=self.config("tokenizer_a"),
@@ -347,8 +342,6 @@ class Pipeline:
         self.tokenizer_file, self.tokenizer = self.export("tokenizer", self.out / "tokenizer" / "tokenizer.safetensors")
 
     def train_judge(self) -> None:
-        import dataclasses
-
         from hart_mini.train import train_judge
 
         preset = dataclasses.replace(self.preset, judge_train=self.config("judge"))
@@ -370,8 +363,6 @@ class Pipeline:
     def train_generator(self, stage: str) -> None:
         """HART, the diffusion baseline or the discrete-only model: train on the exported tokenizer, export
         (HART and the baseline) and load the exported file back for the evaluation."""
-        import dataclasses
-
         from hart_mini import pretrained
         from hart_mini.train import train_diffusion, train_hart
 
@@ -406,12 +397,12 @@ class Pipeline:
         kind, path = "diffusion" if stage == "diffusion" else "hart", Path(result["model"])
         if stage != "discrete":
             try:
-                path, self.models[stage] = self.export(kind, path)
+                self.model_files[stage], self.models[stage] = self.export(kind, path)
                 return
             except ValueError as e:  # too large to ship: say so, and evaluate the fp32 file all the same
                 self.results.data["export"].setdefault("errors", {})[kind] = str(e)
                 self.results.say(f"{stage}: not exported: {e}")
-        self.models[stage] = pretrained.loader(kind)(path, device=self.device)
+        self.model_files[stage], self.models[stage] = path, pretrained.loader(kind)(path, device=self.device)
 
     # --- after training: what must come back first, then evaluation and benchmark ---
 
@@ -454,24 +445,30 @@ class Pipeline:
             names += [f"{stage}/{f}" for f in ("history.json", "loss.png", "recon.png", "samples.png")]
         pack(folder, names, folder / "extras.tar.gz")
 
+    def sampler(self, model, **extra):
+        """generate(prompts, seed) as the evaluation samples: in the inference precision (bf16 autocast on
+        CUDA), the judge outside it."""
+        from hart_mini.runtime import inference_autocast
+
+        def generate(prompts, seed):
+            with inference_autocast(self.device):
+                return model.generate(prompts, seed=seed, **extra)
+        return generate
+
     def evaluate(self, stage: str) -> None:
         """FD and prompt accuracy of the exported model of `stage` (HART: with its head and skipped)."""
         from hart_mini.measure.evaluate import evaluate_generator
-        from hart_mini.runtime import inference_autocast
 
         model, n = self.models[stage], self.sizes["n"]
         reference = self.test.batch(range(n))
         variants = {stage: {}} if stage != "hart" else {"hart": {}, "hart_head_skipped": {"use_head": False}}
         end = self.deadline((f"evaluation_{stage}",))
         for i, (name, extra) in enumerate(variants.items()):
-            def generate(prompts, seed, extra=extra):
-                with inference_autocast(self.device):
-                    return model.generate(prompts, seed=seed, **extra)
             now = time.perf_counter()
             share = now + (end - now) / (len(variants) - i)  # the variants left share the time left
-            metrics = evaluate_generator(generate, self.judge, self.preset.data, n, self.sizes["batch"], reference,
-                                         deadline=share)
-            self.results.data["metrics"][name] = {**metrics, "cfg": 3.0}
+            metrics = evaluate_generator(self.sampler(model, **extra), self.judge, self.preset.data, n,
+                                         self.sizes["batch"], reference, deadline=share)
+            self.results.data["metrics"][name] = {**metrics, "cfg": 3.0, "model": str(self.model_files[stage])}
             self.results.say(f"{name}: FD {metrics['fd']}, prompt accuracy {metrics['prompt_accuracy']} "
                              f"(N = {metrics['n']})")
         key = f"{'diffusion' if stage == 'diffusion' else 'hart'}_{self.preset.name}"

@@ -58,6 +58,9 @@ def test_smoke_pipeline_trains_evaluates_and_benchmarks_everything(smoke_run):
         assert name in results["metrics"], name
     n = results["eval_sizes"]["n"]
     assert all(results["metrics"][k]["n"] == n for k in ("hart", "diffusion", "discrete"))
+    evaluated = {"hart": "export/hart_smoke", "diffusion": "export/diffusion_smoke", "discrete": "discrete/hart"}
+    for name, file in evaluated.items():
+        assert results["metrics"][name]["model"] == str(out / f"{file}.safetensors")  # the exported file, evaluated
     smoke = get_preset("smoke")
     for stage in ("hart", "diffusion"):  # max-scale 1: the preset's steps, all of them, finished
         training = results["training"][stage]
