@@ -628,13 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "is rewritten after every step and records planned against measured seconds.")
     add_preset(p)
     p.add_argument("--budget-minutes", type=float, default=None,
-                   help="wall-clock budget of the whole run (default 8; 20 with --rehearse)")
+                   help="wall-clock budget of the whole run (default 8; 60 with --rehearse, so that every step runs)")
     p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="folder for everything the run writes")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (stages, steps, batch, expected seconds on --target) without training")
     p.add_argument("--rehearse", action="store_true",
                    help="every step at the preset's real shapes, one training step per stage and a handful of "
-                   "samples, then check every file the run wrote (the gpu preset: ~10 min on 2 CPU cores)")
+                   "samples, then check every file the run wrote (the gpu preset: under 10 min on 2 CPU cores)")
     p.add_argument("--rehearse-batch", type=count(2), default=None,
                    help="a rehearsal's training batch (default: the preset's)")
     p.add_argument("--target", choices=("h100", "h200"), default="h100",

@@ -204,9 +204,9 @@ def time_stage(stage: Stage, preset, device: torch.device, data, folder, window:
     """One timing burst: the stage's model built, its warm-up and timed steps (burst_steps; where HART drops
     last-scale tokens, the timed steps keep one count from each bin of the draw, the warm-up the largest),
     at the stage's batch (or `batch`), ending with a checkpoint and the stage's figures of `shown`
-    (checkpoint_figures) in `folder`, as the real stage ends. Returns the model, the seconds per step (the
-    mean over the timed steps) and the overhead: the burst's wall time less its steps at that speed (build,
-    warm-up, checkpoint, figures)."""
+    (checkpoint_figures; none if `shown` is None) in `folder`, as the real stage ends. Returns the model,
+    the seconds per step (the mean over the timed steps) and the overhead: the burst's wall time less its
+    steps at that speed (build, warm-up, checkpoint, figures)."""
     from hart_mini.train import RunOptions, checkpoint_figures, fit, toyshapes_batches
 
     tic = time.perf_counter()
@@ -226,7 +226,7 @@ def time_stage(stage: Stage, preset, device: torch.device, data, folder, window:
             return plain(b)
 
     keys = {"tokenizer_a": ("recon", "vq"), "tokenizer_b": ("recon",), "judge": ()}.get(stage.name, ("ce", "diff"))
-    figures = None if stage.name == "judge" else checkpoint_figures(model, shown, folder, keys)
+    figures = None if stage.name == "judge" or shown is None else checkpoint_figures(model, shown, folder, keys)
     result = fit(model, params, toyshapes_batches(data, cfg), loss, cfg, folder, {}, RunOptions(
         device=str(device), compile=compile), on_checkpoint=figures, desc=f"timing {stage.name}")
     step_s = mean_step_s(result["history"], cfg.batch_size)  # the warm-up window left out, if there is one

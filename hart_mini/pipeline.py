@@ -60,7 +60,9 @@ from hart_mini.plan import (
     table,
 )
 
-REHEARSAL_BURST_BATCH = 8  # a rehearsal times its bursts at this batch and scales them to the stage's
+# A rehearsal times its bursts at this batch (scaled to the stage's, for the record: no guide on a CPU) and
+# draws no figures in them (its training stages draw them): the bursts' code runs, cheaply.
+REHEARSAL_BURST_BATCH = 2
 STEP_STAGES = {"tokenizer": ("tokenizer_a", "tokenizer_b"), "bench": ("bench", "bench_extra")}
 HISTORIES = {"tokenizer_a": "tokenizer/stage_a", "tokenizer_b": "tokenizer/stage_b"}  # else the stage's folder
 
@@ -229,6 +231,7 @@ class Pipeline:
             batch = getattr(self.preset, stage.train).batch_size
             burst_batch = min(batch, REHEARSAL_BURST_BATCH) if self.opts.rehearse else batch
             show = shown["image"] if stage.name.startswith("tokenizer") else shown["caption"]
+            show = None if self.opts.rehearse else show
             burst = time_stage(stage, self.preset, self.device, self.train, folder / stage.name,
                                self.opts.burst_window, show, models.get("tokenizer_a"), self.opts.compile, burst_batch)
             models[stage.name] = burst["model"]

@@ -84,6 +84,9 @@ REHEARSAL_EVAL = {"n": 4, "judge_n": 32, "batch": 4, "throughput_batch": 2, "rep
                   "samples": 4}
 REHEARSAL_STEPS = 1  # training steps of every stage in a rehearsal
 REHEARSAL_BASELINE_STEPS = 5  # the baseline's DDIM steps in a rehearsal (30 calls of the same shapes take 6x as long)
+# A rehearsal's default budget: its plan comes from this CPU's timings (bursts at a small batch, scaled up),
+# which are no guide; with a budget no CPU needs, no plan drops the optional model or cuts a step.
+REHEARSAL_BUDGET_MINUTES = 60.0
 TOKENIZER_BATCH = 250  # evaluate_tokenizer's batch
 
 OPTIONAL_MIN_FACTOR = 0.75  # the discrete-only model is planned if every stage keeps >= 75 % of its steps
@@ -108,7 +111,7 @@ class PipelineOptions:
     """What `python -m hart_mini pipeline` takes (see --help)."""
 
     preset: str = "gpu"
-    budget_minutes: float | None = None  # None: 8, or 20 for a rehearsal (on a CPU it needs ~10)
+    budget_minutes: float | None = None  # None: 8, or 60 for a rehearsal (every step runs, however slow the CPU)
     out: Path = Path("runs/pipeline")
     device: str = "auto"
     n_eval: int | None = None  # samples per generator (None: EVAL[preset]["n"])
@@ -125,7 +128,7 @@ class PipelineOptions:
         from hart_mini.budget import DEVICES
 
         if self.budget_minutes is None:
-            object.__setattr__(self, "budget_minutes", 20.0 if self.rehearse else 8.0)
+            object.__setattr__(self, "budget_minutes", REHEARSAL_BUDGET_MINUTES if self.rehearse else 8.0)
         require(self.preset in PRESET_NAMES, "preset", self.preset, f"one of {PRESET_NAMES}")
         require(self.budget_minutes > 0, "budget_minutes", self.budget_minutes, "a number > 0")
         require(self.n_eval is None or (isinstance(self.n_eval, int) and self.n_eval >= 2), "n_eval", self.n_eval,

@@ -1,6 +1,6 @@
 """What a pipeline run must leave behind, checked file by file: the end of `pipeline --rehearse`.
 
-    python -m hart_mini pipeline --preset gpu --rehearse --out runs/rehearsal   # ~10 min on 2 CPU cores
+    python -m hart_mini pipeline --preset gpu --rehearse --out runs/rehearsal   # < 10 min on 2 CPU cores
 
 A rehearsal runs every step of the pipeline at the preset's real shapes (image size, widths, tokens,
 batch) for one training step each and a handful of samples, so that what can only fail at those shapes,
