@@ -118,14 +118,19 @@ def _check_sweeps(n_eval: int, seeds: Sequence[int], baseline_steps: Sequence[in
 def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: int = 1000,
              seeds: Sequence[int] = SEEDS, baseline_steps: Sequence[int] = BASELINE_STEPS,
              head_steps: Sequence[int] = HEAD_STEPS, cfgs: Sequence[float] = CFGS, tune_at: str = "default",
-             throughput_batch: int = 64, repeats: int = 5) -> dict:
+             throughput_batch: int = 64, repeats: int = 5, eval_batch: int = 100,
+             deadline: float | None = None) -> dict:
     """The quality-speed frontier of HART (head steps) and the baseline (DDIM steps), and the headline.
 
     cfgs: the guidance sweep each model is tuned over by choose_cfg (one value: no tuning). tune_at:
     'default' tunes each model at its reference steps (HART's default head steps; the baseline's default
     DDIM steps, or the most swept when those are not swept) and uses that cfg at every step count; 'each'
     tunes at every swept step count (len(steps) times the cost).
-    n_eval = 0 measures speed only, at the one guidance scale in cfgs.
+    n_eval = 0 measures speed only, at the one guidance scale in cfgs. eval_batch: prompts per sampling call.
+    deadline (a time.perf_counter() value): the core points (HART at its default head steps, its discrete
+    path, the baseline at its reference steps) are always measured, first; each other point only if it
+    should end before the deadline, judged from its model's core point (the baseline's time in proportion
+    to its steps). Points left out are listed in 'cut'.
     """
     _check_sweeps(n_eval, seeds, baseline_steps, head_steps, cfgs, tune_at)
     hart_default = hart.head_cfg.sampling_steps
@@ -155,7 +160,7 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
         if (name, cfg, steps) not in measured:
             begin = time.perf_counter()
             measured[name, cfg, steps] = evaluate_seeds(make[name](cfg, steps), judge, data_config, n_eval, seeds,
-                                                        real)
+                                                        real, eval_batch)
             seconds["quality"] += time.perf_counter() - begin
         bar.update(1)
         return measured[name, cfg, steps]
@@ -184,9 +189,25 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
         bar.update(1)
         return row
 
-    points = {"diffusion": [point("diffusion", s, cfg_for("diffusion", s)) for s in baseline_steps],
-              "hart": [point("hart", s, cfg_for("hart", s)) for s in head_steps]}
-    points["discrete"] = [point("discrete", None, cfg_for("hart", hart_default))]
+    core = [("diffusion", base_default), ("hart", hart_default), ("discrete", None)]
+    extra = [("diffusion", s) for s in baseline_steps if s != base_default] + [
+        ("hart", s) for s in head_steps if s != hart_default]
+    points, took, cut = {"diffusion": [], "hart": [], "discrete": []}, {}, []
+    for name, steps in core + extra:
+        if (name, steps) in extra and deadline is not None:
+            # the baseline's time is its steps' (its text and decoder are cheap); HART's head steps are a small
+            # part of its time: fewer never counted as cheaper
+            need = took[name] * (steps / base_default if name == "diffusion" else max(steps / hart_default, 1.0))
+            if time.perf_counter() + need > deadline:
+                cut.append({"model": name, "steps": steps, "needed_s": round(need, 1)})
+                bar.update(2 if quality else 1)
+                continue
+        begin = time.perf_counter()
+        cfg = cfg_for("hart" if name == "discrete" else name, hart_default if name == "discrete" else steps)
+        points[name].append(point(name, steps, cfg))
+        took.setdefault(name, time.perf_counter() - begin)
+    for rows in points.values():
+        rows.sort(key=lambda r: r["steps"] or 0)
     bar.close()
 
     hart_row = next(p for p in points["hart"] if p["steps"] == hart_default)
@@ -204,7 +225,7 @@ def frontier(hart, baseline, judge, data_config, device: torch.device, n_eval: i
            "matched_quality": matched_quality(hart_row, points["diffusion"]) if quality else
            {"baseline_steps": None, "throughput_ratio": None, "macs_ratio": None, "latency_ratio": None,
             "rule": MATCH_RULE, "note": "speed only (n_eval = 0): quality was not measured"},
-           "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+           "seconds": {k: round(v, 1) for k, v in seconds.items()}, "cut": cut}
     return out
 
 

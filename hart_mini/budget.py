@@ -45,6 +45,7 @@ class DeviceSpec:
     bandwidth_tbs: float  # what elementwise kernels reach: read + written bytes per second
     kernel_us: float  # the floor of one kernel: launch and tail
     dispatch_us: float  # host time per op (Python + dispatcher); the GPU idles if kernels are shorter
+    peak_tflops: float = 989.0  # the dense bf16 peak, for the model FLOP utilisation (MFU) a plan assumes
 
 
 # Measured on this workplace's machines (the device notes, 2026-11): an 8192^3 bf16 matmul ran 798 TFLOP/s
@@ -153,8 +154,10 @@ class StepCost:
             entry["gflop"] += op.flops / 1e9
             entry["gb"] += op.bytes / 1e9
             entry["ops"] += 1
+        seconds = self.seconds(device)
         return {"batch": self.batch, "tflop": round(self.flops / 1e12, 4), "gb_moved": round(self.bytes / 1e9, 3),
-                "kernels": len(self.ops) + self.extra_ops, "ms": round(1e3 * self.seconds(device), 2),
+                "kernels": len(self.ops) + self.extra_ops, "ms": round(1e3 * seconds, 2),
+                "mfu": round(self.flops / seconds / (device.peak_tflops * 1e12), 4),
                 "by_kind": {k: {kk: round(vv, 2) for kk, vv in v.items()} for k, v in by_kind.items()}}
 
 

@@ -424,21 +424,30 @@ def cmd_doctor(args) -> dict:
 
 
 def cmd_pipeline(args) -> dict:
-    from hart_mini.pipeline import dry_run, run
+    from hart_mini.costs import dry_run
+    from hart_mini.pipeline import run
     from hart_mini.plan import PipelineOptions, table
 
     if not args.dry_run:
         runs.output_folder(args.out)
     opts = PipelineOptions(preset=args.preset, budget_minutes=args.budget_minutes, out=args.out, device=args.device,
                            n_eval=args.n_eval, margin=args.margin, max_scale=args.max_scale, compile=args.compile,
-                           workers=args.workers, target=args.target, command=command_line())
+                           workers=args.workers, target=args.target, rehearse=args.rehearse,
+                           rehearse_batch=args.rehearse_batch, command=command_line())
     if args.dry_run:
         plan = dry_run(opts)
         print(table(plan), file=sys.stderr)
         return emit(plan)
     results = run(opts)
-    shown = ("status", "elapsed_s", "failed", "skipped", "metrics", "files")
-    return emit({**{k: results[k] for k in shown if k in results}, "results": str(args.out / "results.json")})
+    shown = ("status", "elapsed_s", "failed", "skipped", "metrics", "files", "rehearsal_checks")
+    out = emit({**{k: results[k] for k in shown if k in results}, "results": str(args.out / "results.json"),
+                "written": sorted(str(p.relative_to(args.out)) for p in args.out.rglob("*") if p.is_file())})
+    checks = results.get("rehearsal_checks")
+    if checks is not None and not checks["ok"]:
+        failed = [k for k, v in checks["checks"].items() if not v["ok"]]
+        raise ValueError(f"the rehearsal in {str(args.out)!r} failed {len(failed)} check(s): {', '.join(failed)} "
+                         "(details under rehearsal_checks in its results.json)")
+    return out
 
 
 def cmd_ship_run(args) -> dict:
@@ -723,15 +732,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="the whole course in one process and one time budget (see --help)",
                        description="Train tokenizer, judge, HART, the diffusion baseline and (if it fits) the "
-                       "discrete-only model; evaluate, benchmark, draw samples and export fp16 weights, all inside "
-                       "--budget-minutes. Step counts are set from timing bursts; DIR/results.json is rewritten "
-                       "after every step.")
+                       "discrete-only model; export fp16 weights, draw samples, evaluate and benchmark, all inside "
+                       "--budget-minutes. Step counts and every step's deadline come from timing bursts and one "
+                       "measured pass of everything after training; what may be cut comes last. DIR/results.json "
+                       "is rewritten after every step and records planned against measured seconds.")
     add_preset(p)
-    p.add_argument("--budget-minutes", type=positive, default=8.0, help="wall-clock budget of the whole run")
+    p.add_argument("--budget-minutes", type=positive, default=None,
+                   help="wall-clock budget of the whole run (default 8; 60 with --rehearse, so that every step runs)")
     p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="folder for everything the run writes")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (stages, steps, batch, expected seconds on --target) without training")
-    p.add_argument("--target", choices=("h100", "h200"), default="h100", help="the GPU a dry run plans for")
+    p.add_argument("--rehearse", action="store_true",
+                   help="every step at the preset's real shapes, one training step per stage and a handful of "
+                   "samples, then check every file the run wrote (the gpu preset: under 10 min on 2 CPU cores)")
+    p.add_argument("--rehearse-batch", type=count(2), default=None,
+                   help="a rehearsal's training batch (default: the preset's)")
+    p.add_argument("--target", choices=("h100", "h200"), default="h100",
+                   help="the GPU a dry run plans for (and a rehearsal's cost model predicts for)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--n-eval", type=count(2, " (FD needs 2)"), default=None,
                    help="samples per generator (default: gpu 2000, smoke 64)")

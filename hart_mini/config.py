@@ -305,8 +305,9 @@ def _build(name: str) -> Preset:
                                        ema=0.995, weight_decay=0.05),
         )
     # One GPU: 64 px, VAR's 256-px scale schedule. Sized so that the whole pipeline (every model below, the
-    # evaluation on 2 000 prompts, the benchmark, the export) fits 8 minutes on one H100 and the fp16 weights
-    # of tokenizer, judge, HART and baseline fit 25 MB: notebooks/gpu_budget.md has the derivation, and
+    # evaluation on 2 000 prompts, the benchmark, the export) fits 8 minutes on one H100 at ~0.99 of these
+    # steps (the README's 7-minute run trains ~0.84 of them) and the fp16 weights of tokenizer, judge, HART
+    # and baseline fit 25 MB: notebooks/gpu_budget.md has the derivation, and
     # `python -m hart_mini pipeline --preset gpu --dry-run` recomputes it from the FLOPs and bytes of every op.
     return Preset(
         name, data=DataConfig(image_size=64, train_size=100_000),

@@ -14,6 +14,7 @@ return files of at most 16 MiB, and the repository ships at most MAX_TOTAL_BYTES
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -98,11 +99,14 @@ def check_sizes(entries: dict) -> dict:
 
 
 def pack(folder: Path, names: list[str], archive: Path) -> Path:
-    """A .tar.gz of the given files and folders under `folder` (figures, histories): one file to carry back."""
-    with tarfile.open(archive, "w:gz") as tar:
+    """A .tar.gz of the given files and folders under `folder` (figures, histories): one file to carry back.
+    Written beside and renamed into place, so a run stopped while packing keeps the archive it had."""
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
         for name in names:
             if (folder / name).exists():
                 tar.add(folder / name, arcname=name)
+    os.replace(partial, archive)
     return archive
 
 

@@ -378,6 +378,20 @@ def _loss_figure(history: list[dict], keys: tuple[str, ...], path: Path) -> None
     viz.save(viz.plot_curves({k: v for k, v in curves.items() if v[0]}, xlabel="step", logy=True), path)
 
 
+def checkpoint_figures(model, shown: torch.Tensor | list[str], out: Path, keys: tuple[str, ...]
+                       ) -> Callable[[int, list], None]:
+    """What a training run draws into `out` at each checkpoint (fit's on_checkpoint): its loss curves (the
+    history's `keys`), and the reconstructions of the images `shown` (a tokenizer) or samples for the
+    prompts `shown` (a generator)."""
+    def write(step: int, history: list) -> None:
+        if isinstance(shown, torch.Tensor):
+            _recon_figure(model, shown, out / "recon.png")
+        else:
+            sample_figure(model, shown, out / "samples.png")
+        _loss_figure(history, keys, out / "loss.png")
+    return write
+
+
 def toyshapes_batches(data, cfg: TrainConfig, text=None) -> Callable[[int, int, int], dict]:
     """batch_fn for fit: micro-batch `micro` of `n_micro` of step `step`'s global batch of ToyShapes images
     (image, caption, labels), tagged with its step and global micro-batch index. With a caption tokenizer
@@ -484,12 +498,6 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
     def loss_b(batch: dict):
         return model.stage_b_loss(batch["image"].to(device, non_blocking=True))
 
-    def figures(stage_dir: Path, keys: tuple[str, ...]):
-        def write(step: int, history: list) -> None:
-            _recon_figure(model, shown, stage_dir / "recon.png")
-            _loss_figure(history, keys, stage_dir / "loss.png")
-        return write
-
     def save(stages: dict) -> None:
         final = {**meta, "preset": preset.name, "train_seconds": round(sum(r["seconds"] for r in stages.values()), 1),
                  "command": command, "device": describe_device(device), "torch": torch.__version__,
@@ -499,7 +507,8 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
         result["tokenizer"] = str(out / "tokenizer.safetensors")
 
     a = fit(model, model.stage_a_parameters(), toyshapes_batches(data, cfg_a), loss_a, cfg_a, out / "stage_a",
-            {**meta, "stage": "a"}, run, figures(out / "stage_a", ("recon", "vq")), "tokenizer (a) autoencoder + VQ",
+            {**meta, "stage": "a"}, run, checkpoint_figures(model, shown, out / "stage_a", ("recon", "vq")),
+            "tokenizer (a) autoencoder + VQ",
             tokens, deadline, restart)
     result = {"stage_a": {k: a[k] for k in ("step", "seconds", "finished")}}
     if not a["finished"]:
@@ -509,7 +518,8 @@ def train_tokenizer(preset, out: str | Path, run: RunOptions | None = None, comm
     runs.mark(out, "stage b")
     params = model.start_stage_b()
     b = fit(model, params, toyshapes_batches(data, cfg_b), loss_b, cfg_b, out / "stage_b", {**meta, "stage": "b"},
-            run, figures(out / "stage_b", ("recon",)), "tokenizer (b) decoder fine-tune", tokens, deadline)
+            run, checkpoint_figures(model, shown, out / "stage_b", ("recon",)), "tokenizer (b) decoder fine-tune",
+            tokens, deadline)
     result["stage_b"] = {k: b[k] for k in ("step", "seconds", "finished")}
     if world()[0] == 0:
         save({"a": a, "b": b})
@@ -563,11 +573,8 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
     def loss(batch: dict):
         return model.loss(batch["image"].to(device, non_blocking=True), captions_of(batch, device))
 
-    def figures(step: int, history: list) -> None:
-        sample_figure(model, prompts, out / "samples.png")
-        _loss_figure(history, ("ce", "diff"), out / "loss.png")
-
     meta = {**meta, "data": dataclasses.asdict(preset.data), "tokenizer_sha256": checkpoint.sha256(tok_path)}
+    figures = checkpoint_figures(model, prompts, out, ("ce", "diff"))
     result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss, cfg,
                  out, meta, run, figures, name, tokens_per_sample, deadline)
     summary = {k: result[k] for k in ("step", "seconds", "finished")}

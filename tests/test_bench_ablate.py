@@ -208,3 +208,23 @@ def test_position_ablation_trains_the_absolute_variant_and_reports_each_ones_sen
     assert {v["metric"] for v in result["verdicts"]} == {"fd", "prompt_accuracy", "acc_position"}
     for part in result["sensitivity"].values():
         assert len(part["position"]["sensitivity"]) == len(PRESET.tokenizer.scales)
+
+
+def test_a_late_benchmark_measures_its_core_points_first_and_cuts_the_others(models):
+    """Past its deadline, the benchmark still measures HART at its head steps, the discrete path and the
+    baseline at its reference steps (here the most swept, 30 is not), and lists every other point as cut."""
+    import time
+
+    from hart_mini.bench import frontier
+    from hart_mini.model.baselines import LatentDiffusion
+    from hart_mini.model.hart import HART
+
+    hart = HART.from_file(models / "hart" / "hart.safetensors")
+    baseline = LatentDiffusion.from_file(models / "diffusion" / "diffusion.safetensors")
+    result = frontier(hart, baseline, Judge(32), PRESET.data, torch.device("cpu"), 4, seeds=(0,),
+                      baseline_steps=(2, 3, 5), head_steps=(1, 8), cfgs=(3.0,), throughput_batch=2, repeats=1,
+                      eval_batch=2, deadline=time.perf_counter())
+    assert [p["steps"] for p in result["frontier"]["diffusion"]] == [5]
+    assert [p["steps"] for p in result["frontier"]["hart"]] == [8] and len(result["frontier"]["discrete"]) == 1
+    assert [(c["model"], c["steps"]) for c in result["cut"]] == [("diffusion", 2), ("diffusion", 3), ("hart", 1)]
+    assert all(c["needed_s"] >= 0 for c in result["cut"]) and set(result["ratios_vs_diffusion"]) == {"hart", "discrete"}

@@ -124,3 +124,30 @@ def test_latent_diffusion_baseline_trains_and_samples():
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, model.generate(batch["caption"][:2], cfg_scale=2.0, seed=1))
     with pytest.raises(ValueError, match="cfg_scale=-1 is invalid"):
         model.generate(["a red circle at the top"], cfg_scale=-1)
+
+
+def test_a_late_evaluation_measures_what_it_drew_and_says_how_many():
+    """With its deadline already past, an evaluation stops after its first batch (at least 2 samples, FD needs
+    them) and says so; without one it draws every batch."""
+    import time
+
+    from hart_mini.measure.evaluate import evaluate_generator, evaluate_tokenizer
+
+    drawn = []
+
+    def generate(prompts, seed):
+        drawn.append(len(prompts))
+        return torch.rand(len(prompts), 3, 32, 32)
+
+    judge, past = Judge(32), time.perf_counter() - 1
+    late = evaluate_generator(generate, judge, PRESET.data, 10, 3, deadline=past)
+    assert drawn == [3] and late["n"] == 3 and late["n_planned"] == 10 and late["cut_by_deadline"]
+    drawn.clear()
+    assert evaluate_generator(generate, judge, PRESET.data, 10, 1, deadline=past)["n"] == 2 and drawn == [1, 1]
+    drawn.clear()
+    full = evaluate_generator(generate, judge, PRESET.data, 10, 3)
+    assert drawn == [3, 3, 3, 1] and full["n"] == 10 and "cut_by_deadline" not in full
+    tokenizer, data = HybridTokenizer(PRESET.tokenizer), ToyShapes(PRESET.data, "test", size=10)
+    late = evaluate_tokenizer(tokenizer, data, 10, batch_size=4, judge=judge, deadline=past)
+    assert late["n"] == 4 and late["cut_by_deadline"] and "fd_discrete" in late
+    assert evaluate_tokenizer(tokenizer, data, 10, batch_size=4)["n"] == 10

@@ -163,3 +163,52 @@ def test_hart_refuses_the_ablation_modes_and_names_where_they_sample(mode):
     with pytest.raises(ValueError, match="sampling_variants.generate"):
         model.generate(PROMPTS)
     assert model.generate(PROMPTS, use_head=False).shape[0] == len(PROMPTS)  # the discrete image still works
+
+
+def test_non_finite_logits_are_refused_before_any_token_is_drawn(monkeypatch):
+    """On CUDA, torch.multinomial meets NaN probabilities with a device-side assert that ends the process; so
+    the check must come first, on every device: here multinomial is never even called."""
+    drawn = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda *a, **k: drawn.append(a[0]) or real(*a, **k))
+    logits = torch.zeros(2, 3, 8)
+    logits[1, 2, 5] = float("nan")
+    with pytest.raises(FloatingPointError, match="the token logits are not finite"):
+        sample(logits, 0, 1.0, None)
+    assert drawn == []
+    model = _model("last")
+    with torch.no_grad():
+        model.transformer.head.weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match=f"not finite \\(NaN or inf\\) at scale 1 of {model.K}"):
+        model.generate(PROMPTS)
+    assert drawn == []
+    assert sample(torch.zeros(2, 3, 8), 0, 1.0, None).shape == (2, 3) and len(drawn) == 1  # finite: drawn
+
+
+def test_guidance_is_mixed_in_fp32_under_bf16_autocast(monkeypatch):
+    from hart_mini.model import baselines, hart
+    from hart_mini.model.hart import mix_guidance
+
+    torch.manual_seed(0)
+    halves = (torch.randn(2, 5, 64) * 4).to(torch.bfloat16)  # [cond; uncond], as bf16 autocast returns them
+    mixed = guide(halves, 5, 6, 3.0)
+    cond, uncond = halves.float().chunk(2)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, 4 * cond - 3 * uncond)
+    in_bf16 = 4 * halves[:1] - 3 * halves[1:]
+    assert not torch.equal(in_bf16.float(), mixed)  # what fp32 saves: bf16 rounds the guided logits
+    seen = []  # the head's and the baseline's guided outputs, caught inside their samplers
+
+    def spy(model, shape, *args, **kwargs):
+        x = torch.randn(shape)
+        seen.append(model(x, torch.full((shape[0],), 10)).dtype)
+        return x
+
+    monkeypatch.setattr(hart, "diffusion_sample", spy)
+    monkeypatch.setattr(baselines, "sample", spy)
+    tok, text = HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes()
+    dit = baselines.LatentDiffusion(PRESET.transformer, tok, text, PRESET.baseline)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _model("last").generate(PROMPTS[:1], cfg_scale=3.0)
+        dit.generate(PROMPTS[:1], cfg_scale=3.0)
+        assert mix_guidance(torch.ones(2, 3, dtype=torch.bfloat16), 2.0).dtype == torch.float32
+    assert seen == [torch.float32, torch.float32]

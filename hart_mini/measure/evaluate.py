@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,9 +26,17 @@ from hart_mini.measure.metrics import frechet_distance, high_frequency_ratio, ms
 from hart_mini.model.data import ToyShapes, parse_caption
 
 
+def in_time(deadline: float | None, last_s: float) -> bool:
+    """Is there time for one more batch like the last one (which took last_s) before `deadline` (a
+    time.perf_counter() value; None: no deadline)?"""
+    return deadline is None or time.perf_counter() + last_s <= deadline
+
+
 @torch.no_grad()
-def evaluate_tokenizer(tokenizer, data: ToyShapes, n: int = 1000, batch_size: int = 250, judge=None) -> dict:
-    """Reconstruction metrics on the first n images of `data` (held-out: use the 'test' split)."""
+def evaluate_tokenizer(tokenizer, data: ToyShapes, n: int = 1000, batch_size: int = 250, judge=None,
+                       deadline: float | None = None) -> dict:
+    """Reconstruction metrics on the first n images of `data` (held-out: use the 'test' split). deadline:
+    stop after the batch that leaves no time for another (then 'n' says how many were measured)."""
     if n < 1 or n > len(data):
         raise ValueError(f"n={n} is invalid: expected 1..{len(data)} images of the {data.split!r} split")
     device = next(tokenizer.parameters()).device
@@ -36,8 +45,10 @@ def evaluate_tokenizer(tokenizer, data: ToyShapes, n: int = 1000, batch_size: in
     counts = torch.zeros(V, dtype=torch.float64)
     sums = {"mse_discrete": 0.0, "mse_continuous": 0.0, "psnr_discrete": 0.0, "psnr_continuous": 0.0}
     originals, recons = [], {"discrete": [], "continuous": []}
-    for start in range(0, n, batch_size):
-        x = data.batch(range(start, min(start + batch_size, n)))["image"].to(device)
+    planned, n = n, 0
+    while n < planned:
+        tic = time.perf_counter()
+        x = data.batch(range(n, min(n + batch_size, planned)))["image"].to(device)
         tokens = tokenizer.tokenize(x)
         counts += torch.bincount(tokens.sequence.flatten().cpu(), minlength=V).double()
         for path, latent in (("discrete", tokens.f_hat), ("continuous", tokens.f)):
@@ -46,6 +57,9 @@ def evaluate_tokenizer(tokenizer, data: ToyShapes, n: int = 1000, batch_size: in
             sums[f"psnr_{path}"] += float(psnr(rec, x.cpu()).sum())
             recons[path].append(rec)
         originals.append(x.cpu())
+        n += len(x)
+        if not in_time(deadline, 2 * (time.perf_counter() - tic)):  # x 2: the spectra and FD come after
+            break
     originals = torch.cat(originals)
     p = counts / counts.sum()
     result = {k: round(v / n, 5) for k, v in sums.items()}
@@ -57,10 +71,12 @@ def evaluate_tokenizer(tokenizer, data: ToyShapes, n: int = 1000, batch_size: in
         "hf_ratio_continuous": round(high_frequency_ratio(torch.cat(recons["continuous"]), originals), 4),
     })
     result["psnr_gain_db"] = round(result["psnr_continuous"] - result["psnr_discrete"], 3)
-    if judge is not None:
+    if judge is not None and n >= 2:
         real = judge_features(judge, originals)
         for path in ("discrete", "continuous"):
             result[f"fd_{path}"] = round(frechet_distance(judge_features(judge, torch.cat(recons[path])), real), 4)
+    if n < planned:
+        result.update(n_planned=planned, cut_by_deadline=True)
     return result
 
 
@@ -88,30 +104,39 @@ def attribute_counts(captions: list[str]) -> dict[str, int]:
 
 @torch.no_grad()
 def evaluate_generator(generate: Callable[[list[str], int], torch.Tensor], judge, data_config, n: int = 1000,
-                       batch_size: int = 100, reference: dict | None = None) -> dict:
+                       batch_size: int = 100, reference: dict | None = None, deadline: float | None = None) -> dict:
     """FD and prompt accuracy of generate(prompts, seed) -> images in [0, 1], on n held-out captions.
 
     Batch i of the prompts is drawn with seed i (its first prompt's index). reference: held_out(data_config,
-    n), when the caller already has it.
+    n), when the caller already has it. deadline: stop after the batch that leaves no time for another
+    (at least 2 samples); then 'n' says how many were measured, and FD compares them with as many real ones.
     """
     from hart_mini.measure.judge import prompt_accuracy
 
     if n < 2:
         raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
     real = reference or held_out(data_config, n)
-    fakes = torch.cat([generate(real["caption"][i:i + batch_size], i).float().cpu() * 2 - 1
-                       for i in range(0, n, batch_size)])
-    fd = frechet_distance(judge_features(judge, fakes), judge_features(judge, real["image"]))
+    fakes, planned, n = [], n, 0
+    while n < planned:
+        tic = time.perf_counter()
+        fakes.append(generate(real["caption"][n:min(n + batch_size, planned)], n).float().cpu() * 2 - 1)
+        n += len(fakes[-1])
+        if n >= 2 and not in_time(deadline, time.perf_counter() - tic):
+            break
+    fakes = torch.cat(fakes)
+    fd = frechet_distance(judge_features(judge, fakes), judge_features(judge, real["image"][:n]))
     device = next(judge.parameters()).device
     hits, totals = {}, attribute_counts(real["caption"][:n])
     for i in range(0, n, 500):  # in chunks, so the judge's activations fit any device
-        captions = real["caption"][i:i + 500]
+        captions = real["caption"][i:min(i + 500, n)]
         part, counts = prompt_accuracy(judge, fakes[i:i + 500].to(device), captions), attribute_counts(captions)
         for k, v in part.items():
             if k != "n":  # an accuracy times the trials it counted: the hits of this chunk
                 hits[k] = hits.get(k, 0) + v * counts.get(k, len(captions))
     result = {"n": n, "fd": round(fd, 4)}
     result.update({k: round(v / totals.get(k, n), 4) for k, v in hits.items() if totals.get(k, n)})
+    if n < planned:
+        result.update(n_planned=planned, cut_by_deadline=True)
     return result
 
 
@@ -153,14 +178,15 @@ def aggregate_seeds(rows: list[dict], counts: dict[str, int]) -> dict:
 
 
 def evaluate_seeds(generate: Callable[[list[str], int], torch.Tensor], judge, data_config, n: int = 1000,
-                   seeds: Sequence[int] = (0, 1000, 2000), reference: dict | None = None) -> dict:
-    """evaluate_generator once per sampling seed s (batch i drawn with seed s + i) and aggregate_seeds of the
-    results, with the seeds and every seed's own row (`per_seed`)."""
+                   seeds: Sequence[int] = (0, 1000, 2000), reference: dict | None = None,
+                   batch_size: int = 100) -> dict:
+    """evaluate_generator once per sampling seed s (batch i drawn with seed s + i, batch_size prompts) and
+    aggregate_seeds of the results, with the seeds and every seed's own row (`per_seed`)."""
     if len(seeds) == 0 or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={list(seeds)} is invalid: expected one or more distinct integers")
     real = reference or held_out(data_config, n)
     rows = [evaluate_generator(lambda prompts, i, s=s: generate(prompts, s + i), judge, data_config, n,
-                               reference=real) for s in seeds]
+                               batch_size, reference=real) for s in seeds]
     return {**aggregate_seeds(rows, attribute_counts(real["caption"][:n])), "seeds": list(seeds),
             "per_seed": [{"seed": s, **r} for s, r in zip(seeds, rows)]}
 

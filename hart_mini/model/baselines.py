@@ -20,7 +20,7 @@ from hart_mini import checkpoint
 from hart_mini.config import BaselineConfig, TransformerConfig
 from hart_mini.model.blocks import Block
 from hart_mini.model.diffusion import CosineSchedule, sample, timestep_embedding
-from hart_mini.model.hart import caption_dropout, check_sampling
+from hart_mini.model.hart import caption_dropout, check_sampling, mix_guidance
 from hart_mini.model.text import CaptionTokenizer, TextEncoder, text_condition
 from hart_mini.model.tokenizer import HybridTokenizer
 
@@ -122,8 +122,7 @@ class LatentDiffusion(nn.Module):
         def model(x, t):
             if not guided:
                 return self.denoise(x, t, prefix)
-            cond, uncond = self.denoise(torch.cat([x, x]), torch.cat([t, t]), prefix).chunk(2)
-            return (1 + cfg_scale) * cond - cfg_scale * uncond
+            return mix_guidance(self.denoise(torch.cat([x, x]), torch.cat([t, t]), prefix), cfg_scale)  # fp32
 
         C, h = self.tokenizer.cfg.latent_channels, self.tokenizer.cfg.latent_size
         generator = torch.Generator(device=ids.device).manual_seed(seed)

@@ -61,14 +61,19 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, n, V) logits -> (B, n) indices."""
+def sample(logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None,
+           check: bool = True, where: str = "") -> torch.Tensor:
+    """(B, n, V) logits -> (B, n) indices.
+
+    check: refuse logits that hold NaN or inf before drawing, on any device. (torch.multinomial only says so
+    on the CPU; on CUDA it hits a device-side assert that ends the process and every later CUDA call.) The
+    check reads one boolean back from the device: once per scale at sampling time. The training loss draws
+    from logits it has made finite already, and passes check=False to stay free of read-backs."""
     probs = filter_logits(logits.float(), top_k, top_p).softmax(-1)
-    try:
-        return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
-    except RuntimeError as e:  # NaN or inf logits: say so instead of torch's message about probabilities
-        raise FloatingPointError("the token logits are not finite (NaN or inf): the model's weights or its "
-                                 "inputs hold NaN or inf") from e
+    if check and not bool(torch.isfinite(probs).all()):
+        raise FloatingPointError(f"the token logits are not finite (NaN or inf){where}: the model's weights or "
+                                 "its inputs hold NaN or inf")
+    return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
 
 
 def caption_dropout(n: int, rate: float, device: torch.device) -> torch.Tensor:
@@ -84,11 +89,20 @@ def guidance_scale(cfg_scale: float, k: int, K: int) -> float:
     return cfg_scale * k / max(K - 1, 1)
 
 
-def guide(logits: torch.Tensor, k: int, K: int, cfg_scale: float) -> torch.Tensor:
-    """Classifier-free guidance on a doubled batch [cond; uncond]: (1 + t_k) cond - t_k uncond."""
-    cond, uncond = logits.chunk(2)
-    t = guidance_scale(cfg_scale, k, K)
+def mix_guidance(out: torch.Tensor, t: float) -> torch.Tensor:
+    """Classifier-free guidance on a doubled batch [cond; uncond]: (1 + t) cond - t uncond, in fp32.
+
+    Under bf16 autocast the halves arrive in bf16 (8 bits of mantissa); at t = 3 the difference of two
+    nearby numbers, times 4, would then lose what separates the guided logits, and the GPU's samples would
+    drift from the CPU's (fp32) ones. So both halves are cast to fp32 first: logits, the head's output and
+    the baseline's denoiser all mix through here."""
+    cond, uncond = out.float().chunk(2)
     return (1 + t) * cond - t * uncond
+
+
+def guide(logits: torch.Tensor, k: int, K: int, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance of scale k's logits [cond; uncond] with the ramp t_k (guidance_scale)."""
+    return mix_guidance(logits, guidance_scale(cfg_scale, k, K))
 
 
 def both_branches(x: torch.Tensor, guided: bool) -> torch.Tensor:
@@ -259,7 +273,7 @@ class HART(nn.Module):
             with torch.no_grad():  # NaN logits (a diverged run) become finite here, so that sampling does not
                 # raise before the trainer sees the NaN loss and stops with its own message
                 drawn = torch.nan_to_num(logits[:, -truth.shape[1]:].detach().float(), nan=0.0)
-                chosen = sample(drawn, 0, 1.0, None) if self.head_cfg.sampled_tokens else truth
+                chosen = sample(drawn, 0, 1.0, None, check=False) if self.head_cfg.sampled_tokens else truth
             z = self.condition(h_head, chosen, head_only)
             target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
         diff = diffusion_loss(self.head, (target / self.residual_scale).flatten(0, 1), z.flatten(0, 1),
@@ -285,7 +299,7 @@ class HART(nn.Module):
                     generator: torch.Generator) -> torch.Tensor:
         """Scale k's logits (B', n, V) -> token indices r_k (B, n): guided (if cfg_scale > 0), filtered, drawn."""
         final = guide(logits, k, self.K, cfg_scale) if cfg_scale > 0 else logits
-        return sample(final, top_k, top_p, generator)
+        return sample(final, top_k, top_p, generator, where=f" at scale {k + 1} of {self.K}")
 
     def _head_sample(self, z: torch.Tensor, t_cfg: float, guided: bool, sampling_steps: int,
                      generator: torch.Generator) -> torch.Tensor:
@@ -299,8 +313,7 @@ class HART(nn.Module):
         def model(x, t):
             if not guided:
                 return self.head(x, t, zf)
-            cond, uncond = self.head(torch.cat([x, x]), torch.cat([t, t]), zf).chunk(2)
-            return (1 + t_cfg) * cond - t_cfg * uncond
+            return mix_guidance(self.head(torch.cat([x, x]), torch.cat([t, t]), zf), t_cfg)  # fp32
 
         x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
                               self.head_cfg.sampler, generator, z.device)
