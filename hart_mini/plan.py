@@ -306,7 +306,7 @@ def make_plan(preset, opts: PipelineOptions, step_s: dict, overhead: dict, fixed
             cfg, steps = getattr(preset, s.train), scaled["steps"][s.name]
             stages[s.name] = {"steps": steps, "preset_steps": cfg.steps, "batch": cfg.batch_size,
                               "step_ms": round(1e3 * step_s[s.name], 2), "seconds": round(steps * step_s[s.name], 1),
-                              "overhead_s": round(overhead[s.name], 1), "what": s.what}
+                              "overhead_s": round(overhead[s.name], 2), "what": s.what}
     planned_after = {n: after[n] for n in ORDER if n in after and (n != "evaluation_discrete" or "discrete" in stages)}
     total = (sum(fixed.values()) + sum(scaled["steps"][n] * step_s[n] + overhead[n] for n in stages)
              + sum(v for k, v in planned_after.items() if k not in cuttable))  # unrounded: steps were floored to fit

@@ -88,7 +88,7 @@ def test_every_step_after_training_is_planned_measured_and_calibrated(smoke_run)
     measured = {"tokenizer_eval", "eval_hart", "eval_hart_head_skipped", "eval_diffusion", "one_hart",
                 "throughput_diffusion", "samples", "pack"}
     assert measured <= set(timing["call_s"]) and all(timing["call_s"][k] > 0 for k in measured)
-    assert all(s["overhead_s"] > 0 for s in plan["stages"].values())
+    assert all(s["overhead_s"] >= 0 for s in plan["stages"].values()) and plan["stages"]["hart"]["overhead_s"] > 0
     calibration = results["calibration"]
     for step in ("tokenizer", "judge", "hart", "samples", "evaluation_hart", "bench"):
         row = calibration["steps"][step]
