@@ -380,7 +380,7 @@ def test_readme_device_command_run_twice_in_one_folder_brings_back_each_runs_own
 def test_readme_device_command_brings_back_what_exists_when_the_run_fails(device_runs):
     repo, (_, _, failed) = device_runs
     assert failed["rc"] == 2 and failed["files"] == ["pipeline.log"]  # its own log; nothing of the run before
-    assert "budget_minutes=0.0 is invalid" in (failed["out"] / "pipeline.log").read_text()
+    assert "argument --budget-minutes: 0 is invalid" in (failed["out"] / "pipeline.log").read_text()  # named, one line
     assert failed["stdout"].count("not written: ") == 7 and not (repo / "runs" / "device").exists()
     assert not failed["left"].exists()  # the run before it was cleared away, not left to be copied
 
