@@ -177,7 +177,7 @@ class HeadConfig:
     last_keep: int = 32
     # The head stage: after the joint training, this many steps train the head alone (transformer frozen, its
     # final averaged weights), so that the head learns against the transformer it will sample with. 0 = off
-    # (HART: the head trains only jointly). Measured in notebook 07, section 4.
+    # (HART: the head trains only jointly). Measured in notebook 07, section 5.
     stage_steps: int = 0
 
     def __post_init__(self):

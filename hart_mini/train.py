@@ -604,7 +604,7 @@ def _head_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict
     same batches and learning rate as the joint training, no weight average. Returns fit's result.
 
     Why a fresh head: the jointly trained head denoises well but draws poor samples, and the longer a head
-    trains the worse its samples get (notebook 07, section 4); the joint training still needs a head, whose
+    trains the worse its samples get (notebook 07, section 5); the joint training still needs a head, whose
     gradient shapes h (a discrete-only model is clearly worse)."""
     stage_cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 4), ema=0.0,
                                     weight_decay=0.0, checkpoint_every=min(cfg.checkpoint_every, steps),

@@ -157,8 +157,8 @@ class HART(nn.Module):
 
     def reset_head(self) -> None:
         """A fresh, untrained head and condition norm, z = norm(h + word_embed(e(r))) (the head stage starts
-        from one: notebook 07, section 4)."""
-        device = self.residual_scale.device if hasattr(self, "residual_scale") else None
+        from one: notebook 07, section 5)."""
+        device = self.transformer.word_embed.weight.device  # built before the head, on the model's device
         self.head = MLPHead(self.head_cfg, self.tokenizer.cfg.latent_channels, self.cfg.width).to(device)
         self.cond_norm = nn.LayerNorm(self.cfg.width).to(device)
 
