@@ -170,10 +170,10 @@ def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
     A model made for another image size or latent grid than the preset's is refused, naming the preset it
     was trained for; an unfinished one gets a note."""
     from hart_mini import pretrained
-    from hart_mini.runtime import enable_tf32, pick_device
+    from hart_mini.runtime import cuda_settings, pick_device
 
     device = pick_device(device)
-    enable_tf32(device)  # what stays fp32 in evaluation runs on TF32 tensor cores on CUDA
+    cuda_settings(device)  # TF32 for what stays fp32, SDPA without cuDNN plans (runtime.py)
     if ckpt is None:
         shipped = get_preset(preset).shipped
         path, source = pretrained.path(kind, shipped), f"shipped {kind} ({shipped})"
@@ -382,9 +382,18 @@ def cmd_bench(args) -> dict:
     from hart_mini.runtime import describe_device, inference_autocast, pick_device
 
     output(args.json, "--json", args)
-    figure = args.figure or (args.json.with_suffix(".png") if args.json and not args.kv_cache and args.n else None)
+    only_speed = args.kv_cache or args.step_profile
+    figure = args.figure or (args.json.with_suffix(".png") if args.json and not only_speed and args.n else None)
     output(figure, "--figure" if args.figure else "--figure (beside --json)", args, IMAGE_SUFFIXES)
     device = pick_device(args.device)
+    if args.step_profile:  # where a training step's time goes, stage by stage
+        from hart_mini.step_profile import profile_stages
+
+        workers = max(min((__import__("os").cpu_count() or 1) - 1, 8), 0) if device.type == "cuda" else 0
+        result = {"stages": profile_stages(get_preset(args.preset), device, workers=workers),
+                  "preset": args.preset, "device": describe_device(device),
+                  "torch": __import__("torch").__version__, "command": command_line()}
+        return emit(result, args.json)
     if args.kv_cache:  # the KV cache alone, at 32 px (cpu preset sizes) and 64 px (gpu preset sizes)
         result = {"kv_cache": kv_cache_speedup([get_preset("cpu"), get_preset("gpu")], device, args.batch,
                                                args.repeats), "device": describe_device(device),
@@ -692,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune guidance at each model's default steps (8 head, 30 DDIM) or at every swept step count")
     p.add_argument("--kv-cache", action="store_true",
                    help="only time sampling with vs without the KV cache at 32 px and 64 px (untrained models)")
+    p.add_argument("--step-profile", action="store_true",
+                   help="only profile one training step of every stage of --preset: trainer and bare ms, the "
+                        "device's busy ms, the top host calls and kernels (hart_mini/step_profile.py)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--figure", type=Path, default=None,

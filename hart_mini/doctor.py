@@ -53,12 +53,12 @@ def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path =
     from hart_mini.model.hart import HART
     from hart_mini.model.text import CaptionTokenizer
     from hart_mini.model.tokenizer import HybridTokenizer
-    from hart_mini.runtime import autocast_dtype, describe_device, enable_tf32, peak_tflops, pick_device
+    from hart_mini.runtime import autocast_dtype, cuda_settings, describe_device, peak_tflops, pick_device
     from hart_mini.train import RunOptions, captions_of, fit, toyshapes_batches
 
     require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
     device = pick_device(device_name)
-    enable_tf32(device)
+    cuda_settings(device)
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
     report = {"device": describe_device(device), "torch": torch.__version__,

@@ -136,13 +136,13 @@ class Pipeline:
     """One run of the pipeline; see the module docstring for the steps."""
 
     def __init__(self, opts: PipelineOptions):
-        from hart_mini.runtime import describe_device, enable_tf32, pick_device
+        from hart_mini.runtime import cuda_settings, describe_device, pick_device
 
         self.opts, self.preset, self.sizes = opts, preset_of(opts), opts.eval_sizes
         self.start = time.perf_counter()
         self.end = self.start + 60 * opts.budget_minutes
         self.device = pick_device(opts.device)
-        enable_tf32(self.device)
+        cuda_settings(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions
         self.out = Path(opts.out)

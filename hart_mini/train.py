@@ -423,12 +423,12 @@ def _final_meta(result: dict, cfg: TrainConfig) -> dict:
 
 def _start(run: RunOptions | None) -> tuple[RunOptions, torch.device, float | None]:
     """Resolve the run options: the device (joining torchrun's process group if any) and the deadline."""
-    from hart_mini.runtime import enable_tf32, pick_device, setup_distributed
+    from hart_mini.runtime import cuda_settings, pick_device, setup_distributed
 
     run = run or RunOptions()
     deadline = None if run.max_minutes is None else time.perf_counter() + 60 * run.max_minutes
     device = setup_distributed(pick_device(run.device))
-    enable_tf32(device)
+    cuda_settings(device)
     return run, device, deadline
 
 

@@ -3,6 +3,7 @@ nothing, an EMA of trained weights only, compiled blocks that do not recompile, 
 the final model written at the deadline, HART's token subsampling, the doctor's burst, the cost model."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -200,3 +201,33 @@ def test_cost_model_counts_a_linear_layer_exactly_and_extrapolates_the_batch():
     gpu_bound = dataclasses.replace(DEVICES["h100"], dispatch_us=0.0)  # a tiny step is otherwise host-bound
     assert direct.seconds(gpu_bound) < direct.seconds(dataclasses.replace(gpu_bound, bandwidth_tbs=0.1))
     assert direct.seconds(DEVICES["h100"]) == pytest.approx(len(direct.ops) * 10e-6)
+
+
+def test_cuda_settings_turn_off_cudnn_attention_and_leave_other_devices_alone():
+    """cuDNN's SDPA builds a plan per sequence length, and HART's training draws a new length every step
+    (44 ms of host time a step on an H200): on CUDA the settings turn it off; on the CPU they change nothing."""
+    from hart_mini.runtime import cuda_settings
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        cuda_settings(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        cuda_settings(torch.device("cuda"))  # only flags: no GPU needed to set them
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_step_profile_times_every_stage_and_names_its_top_calls(capsys):
+    from hart_mini.cli import main
+
+    assert main(["bench", "--step-profile", "--preset", "smoke", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["stages"]) == {"tokenizer_a", "judge", "hart", "diffusion"}
+    for stage in result["stages"].values():
+        assert stage["trainer_ms"] > 0 and stage["bare_ms"] > 0 and stage["ops"] > 100
+        assert stage["device_ms"] is None and stage["top_device"] == []  # no device kernels on a CPU
+        assert len(stage["top_host"]) == 10 and all(row["ms"] >= 0 for row in stage["top_host"])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hart_mini import checkpoint
 from hart_mini.cli import main
@@ -191,3 +192,28 @@ def test_saved_tokenizer_loads_and_evaluates(tmp_path, capsys):
     with pytest.raises(ValueError, match="holds a 'other', not a tokenizer"):
         checkpoint.save(tmp_path / "x.safetensors", {}, {"kind": "other"})
         HybridTokenizer.from_file(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("p, size", [(1, 16), (2, 16), (3, 8), (5, 16), (6, 8), (13, 16), (4, 4)])
+def test_bicubic_up_is_interpolates_bicubic_with_its_gradient(p, size):
+    """The matmul form of the scales' upsampling computes what F.interpolate(mode='bicubic') computes, in
+    value and gradient, border clamping included (float64: no rounding to hide a wrong tap)."""
+    from hart_mini.model.tokenizer import bicubic_up
+
+    z = torch.randn(3, 4, p, p, dtype=torch.float64, requires_grad=True)
+    want, got = F.interpolate(z, size=(size, size), mode="bicubic"), bicubic_up(z, size)
+    assert got.dtype == z.dtype and torch.allclose(got, want, atol=1e-12)
+    weights = torch.randn_like(want)
+    (g_want,), (g_got,) = (torch.autograd.grad((out * weights).sum(), z) for out in (want, got))
+    assert torch.allclose(g_got, g_want, atol=1e-10)
+
+
+def test_bicubic_up_keeps_fp32_under_bf16_autocast():
+    """The quantizer runs in fp32 under autocast; its upsampling must not drop to bf16 (interpolate does not)."""
+    from hart_mini.model.tokenizer import bicubic_up
+
+    z = torch.randn(2, 4, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bicubic_up(z, 16)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, F.interpolate(z, size=(16, 16), mode="bicubic"), atol=1e-5)
