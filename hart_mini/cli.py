@@ -242,7 +242,8 @@ def cmd_eval_hart(args) -> dict:
 
     result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": seeds[0],
               "steps": args.steps or model.head_cfg.sampling_steps,
-              **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds)}
+              **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds,
+                                desc="eval hart")}
     return emit(result, args.json)
 
 

@@ -7,6 +7,7 @@ import torch
 
 from hart_mini import pretrained
 from hart_mini.config import get_preset
+from hart_mini.measure.evaluate import attribute_counts
 from hart_mini.measure.judge import NONE, Judge, cell_targets, prompt_accuracy
 from hart_mini.measure.metrics import frechet_distance
 from hart_mini.model.baselines import LatentDiffusion
@@ -67,6 +68,28 @@ def test_prompt_accuracy_is_one_for_a_perfect_judge_and_drops_for_wrong_prompts(
     assert prompt_accuracy(oracle, batch["image"], batch["caption"])["prompt_accuracy"] == 1.0
     shuffled = batch["caption"][1:] + batch["caption"][:1]
     assert prompt_accuracy(oracle, batch["image"], shuffled)["prompt_accuracy"] < 0.2
+
+
+def test_one_and_two_object_prompt_accuracy_split_the_overall_one():
+    """The overall accuracy is the two splits weighted by their captions; wrong two-object captions lower the
+    two-object split alone."""
+    batch = ToyShapes(PRESET.data).batch(range(100))
+    oracle = _Oracle(batch["labels"])
+    two = [len(parse_caption(c)["objects"]) == 2 for c in batch["caption"]]
+    n2 = sum(two)
+    assert 0 < n2 < 100
+    perfect = prompt_accuracy(oracle, batch["image"], batch["caption"])
+    assert perfect["prompt_accuracy_one"] == perfect["prompt_accuracy_two"] == 1.0
+    pairs = [i for i, t in enumerate(two) if t]  # each two-object image gets another two-object caption
+    captions = list(batch["caption"])
+    for i, j in zip(pairs, pairs[1:] + pairs[:1]):
+        captions[i] = batch["caption"][j]
+    result = prompt_accuracy(oracle, batch["image"], captions)
+    assert result["prompt_accuracy_one"] == 1.0 and result["prompt_accuracy_two"] < 0.2
+    weighted = ((100 - n2) * result["prompt_accuracy_one"] + n2 * result["prompt_accuracy_two"]) / 100
+    assert result["prompt_accuracy"] == pytest.approx(weighted)
+    counts = attribute_counts(batch["caption"])
+    assert counts["prompt_accuracy_two"] == n2 and counts["prompt_accuracy_one"] == 100 - n2
 
 
 def _one_image_judge(cells: dict):

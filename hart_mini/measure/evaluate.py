@@ -94,11 +94,13 @@ def held_out(data_config, n: int) -> dict:
 
 
 def attribute_counts(captions: list[str]) -> dict[str, int]:
-    """How many trials each accuracy of `prompt_accuracy` counts: the position only on one-object captions,
-    the relation only on two-object ones, everything else on every caption."""
+    """How many trials each accuracy of `prompt_accuracy` counts: the position and prompt_accuracy_one only on
+    one-object captions, the relation and prompt_accuracy_two only on two-object ones, everything else on
+    every caption."""
     objects = [len(parse_caption(c)["objects"]) for c in captions]
     counts = {f"acc_{k}": len(captions) for k in ("count", "shape", "colour", "size", "texture")}
-    counts.update(prompt_accuracy=len(captions), acc_position=objects.count(1), acc_relation=objects.count(2))
+    counts.update(prompt_accuracy=len(captions), acc_position=objects.count(1), acc_relation=objects.count(2),
+                  prompt_accuracy_one=objects.count(1), prompt_accuracy_two=objects.count(2))
     return counts
 
 
@@ -165,7 +167,7 @@ def aggregate_seeds(rows: list[dict], counts: dict[str, int]) -> dict:
     binomial standard error (`<name>_se`) on the trials of ONE seed (`counts`, from attribute_counts): the
     seeds repeat the same prompts, so pooling them would not give seeds x n independent trials.
     """
-    metrics = [k for k in rows[0] if k == "fd" or k == "prompt_accuracy" or k.startswith("acc_")]
+    metrics = [k for k in rows[0] if k == "fd" or k.startswith("prompt_accuracy") or k.startswith("acc_")]
     out = {"n": rows[0]["n"]}
     for k in metrics:
         mean, sd = seed_spread([r[k] for r in rows])
@@ -179,14 +181,25 @@ def aggregate_seeds(rows: list[dict], counts: dict[str, int]) -> dict:
 
 def evaluate_seeds(generate: Callable[[list[str], int], torch.Tensor], judge, data_config, n: int = 1000,
                    seeds: Sequence[int] = (0, 1000, 2000), reference: dict | None = None,
-                   batch_size: int = 100) -> dict:
+                   batch_size: int = 100, desc: str | None = None) -> dict:
     """evaluate_generator once per sampling seed s (batch i drawn with seed s + i, batch_size prompts) and
-    aggregate_seeds of the results, with the seeds and every seed's own row (`per_seed`)."""
+    aggregate_seeds of the results, with the seeds and every seed's own row (`per_seed`). desc: show a
+    progress bar of the images drawn, under that name."""
+    from tqdm.auto import tqdm
+
     if len(seeds) == 0 or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={list(seeds)} is invalid: expected one or more distinct integers")
     real = reference or held_out(data_config, n)
-    rows = [evaluate_generator(lambda prompts, i, s=s: generate(prompts, s + i), judge, data_config, n,
+    bar = tqdm(total=n * len(seeds), desc=desc, unit="image", disable=desc is None, leave=False)
+
+    def drawn(prompts: list[str], i: int, s: int) -> torch.Tensor:
+        images = generate(prompts, s + i)
+        bar.update(len(prompts))
+        return images
+
+    rows = [evaluate_generator(lambda prompts, i, s=s: drawn(prompts, i, s), judge, data_config, n,
                                batch_size, reference=real) for s in seeds]
+    bar.close()
     return {**aggregate_seeds(rows, attribute_counts(real["caption"][:n])), "seeds": list(seeds),
             "per_seed": [{"seed": s, **r} for s, r in zip(seeds, rows)]}
 

@@ -144,11 +144,13 @@ def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> 
 
     An image matches if the judge sees as many objects as the caption names, each with the named shape,
     colour, size and texture, at the named position (one object) or in the named relation (two). Caption
-    objects are paired with detected ones by `pair_objects`.
+    objects are paired with detected ones by `pair_objects`. prompt_accuracy_one / _two: the same share
+    over the one-object / two-object captions alone (present when there are any).
     """
     pred = {k: v.cpu() for k, v in judge.predict(images).items()}
     keys = ("count", *ATTRIBUTES, "position", "relation")
     hits, totals, overall = dict.fromkeys(keys, 0), dict.fromkeys(keys, 0), 0
+    by_objects = {1: [0, 0], 2: [0, 0]}  # objects in the caption -> [matched images, images]
     for b, caption in enumerate(captions):
         want, seen = parse_caption(caption), _objects(pred, b)
         n = len(want["objects"])
@@ -161,7 +163,13 @@ def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> 
             hits[k] += int(v)
             totals[k] += 1
         overall += int(all(ok.values()))
+        by_objects[n][0] += int(all(ok.values()))
+        by_objects[n][1] += 1
     result = {"prompt_accuracy": overall / len(captions), "n": len(captions)}
+    # one-object and two-object prompts apart: a model can get most single objects right and no pairs
+    for n, name in ((1, "one"), (2, "two")):
+        if by_objects[n][1]:
+            result[f"prompt_accuracy_{name}"] = by_objects[n][0] / by_objects[n][1]
     result.update({f"acc_{k}": hits[k] / totals[k] for k in keys if totals[k]})
     return result
 
