@@ -98,6 +98,14 @@ def save_grid(pixels, captions: list[str], out: Path, title: str | None = None) 
     return viz.save(viz.image_grid(pixels, captions, ncols=min(8, len(pixels)), title=title), out)
 
 
+def add_text_position(p) -> None:
+    from hart_mini.config import TEXT_POSITIONS
+
+    p.add_argument("--text-position", choices=TEXT_POSITIONS, default=None,
+                   help="how the caption encoder tells word order (default: the preset's, learned): see "
+                        "TextEncoder in hart_mini/model/text.py")
+
+
 def add_preset(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESET_NAMES, default=None,
                         help="budget preset (default: $HART_MINI_PRESET, else cpu)")
@@ -196,11 +204,19 @@ def cmd_train_tokenizer(args) -> dict:
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
+def text_position(preset, args):
+    """The preset with --text-position applied to its transformer (HART and the baseline share it)."""
+    if args.text_position is None:
+        return preset
+    return dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer,
+                                                                       text_position=args.text_position))
+
+
 def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
-    preset = get_preset(args.preset)
+    preset = text_position(get_preset(args.preset), args)
     if args.head_stage_steps is not None:
         preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, stage_steps=args.head_stage_steps))
     if args.train_seed is not None:
@@ -212,8 +228,8 @@ def cmd_train_hart(args) -> dict:
 def cmd_train_diffusion(args) -> dict:
     from hart_mini.train import train_diffusion
 
-    result = train_diffusion(get_preset(args.preset), args.out, args.tokenizer, run_options(args, "diffusion"),
-                             command_line())
+    result = train_diffusion(text_position(get_preset(args.preset), args), args.out, args.tokenizer,
+                             run_options(args, "diffusion"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -584,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the preset's, 0)")
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
-    training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
+    add_text_position(p)
+    p = training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
+    add_text_position(p)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
                  on_tokenizer=False)
     p.add_argument("--n-eval", type=count(1), default=5000, help="held-out images for the reported accuracy")

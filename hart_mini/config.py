@@ -106,6 +106,9 @@ class TokenizerConfig:
         require(0.0 <= self.p_discrete <= 1.0, "p_discrete", self.p_discrete, "a number in [0, 1]")
 
 
+TEXT_POSITIONS = ("learned", "counted", "segments")
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """The next-scale AR transformer and its tiny text encoder (see model/transformer.py, model/text.py)."""
@@ -116,6 +119,11 @@ class TransformerConfig:
     mlp_ratio: float = 4.0
     text_len: int = 16  # T: captions are left-padded to this many words
     text_depth: int = 2  # blocks of the text encoder
+    # How the text encoder tells word order (model/text.py): learned, a vector per padded slot at std 0.02,
+    # 25x below the word vectors (what the shipped models use: order-blind in practice); counted, a vector
+    # per word counted from the caption's first word, at the word vectors' scale; segments, counted plus a
+    # vector for the noun phrase each word belongs to (a new phrase starts at each article "a")
+    text_position: str = "learned"
     # absolute: a learned vector per image token (VAR, initialised at std 0.02); grid: also fixed 2-D sin/cos
     # features of each coarse token's centre on the finest grid (scales with pn <= finest / 2), similar for the
     # cells of different scales that cover the same place; rope: 2-D rotary angles from those centres (HART)
@@ -137,6 +145,8 @@ class TransformerConfig:
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a number > 0")
         require(self.position in ("absolute", "grid", "rope"), "position", self.position,
                 "'absolute', 'grid' or 'rope'")
+        require(self.text_position in TEXT_POSITIONS, "text_position", self.text_position,
+                " or ".join(repr(t) for t in TEXT_POSITIONS))
         require(0.0 <= self.cond_dropout < 1.0, "cond_dropout", self.cond_dropout, "a number in [0, 1)")
         require(0.0 <= self.scale_balance <= 1.0, "scale_balance", self.scale_balance, "a number in [0, 1]")
 

@@ -188,3 +188,60 @@ def test_grid_features_reach_only_the_coarse_scales_and_absolute_has_none():
     assert torch.pdist(two_by_two).min() > 1.0
     absolute = NextScaleTransformer(TransformerConfig(width=32, num_heads=2, position="absolute"), scales, 8, 16, 10)
     assert torch.count_nonzero(absolute.grid) == 0
+
+
+def _encoder(position: str):
+    from hart_mini.model.text import CaptionTokenizer, TextEncoder
+
+    text = CaptionTokenizer.toyshapes(16)
+    torch.manual_seed(0)
+    return text, TextEncoder(text.vocab_size, 16, 32, 1, 2, position, text.article_id).eval()
+
+
+@pytest.mark.parametrize("position", ["learned", "counted", "segments"])
+def test_text_encoder_tells_swapped_attributes_apart_unless_order_blind(position):
+    """With no position signal the encoder is a bag of words: after the two objects' colours are swapped,
+    "red" gets the same features as before, so nothing says which object is red. The order-aware encodings
+    must give the first object's "red" and the second's different features (what `diagnose text` found
+    missing)."""
+    text, encoder = _encoder(position)
+    captions = ["a small red circle left of a large blue square", "a small blue circle left of a large red square"]
+    ids, mask = text(captions)
+    red = text.index["red"]
+    if position == "learned":
+        with torch.no_grad():
+            encoder.pos.zero_()  # the shipped encoder's std 0.02 is nearly this: 25x below the words
+    with torch.no_grad():
+        feats = encoder(ids, mask)
+    first, second = feats[0][ids[0] == red], feats[1][ids[1] == red]  # (1, D) each
+    gap = (first - second).abs().max().item()
+    assert gap < 1e-5 if position == "learned" else gap > 0.1
+
+
+@pytest.mark.parametrize("position", ["counted", "segments"])
+def test_counted_positions_do_not_move_with_the_padding(position):
+    """A word's position vector depends on its place in the caption, not on how much padding comes first."""
+    from hart_mini.model.text import CaptionTokenizer
+
+    text, encoder = _encoder(position)
+    ids, mask = text(["a small red circle at the top left"])
+    short = CaptionTokenizer.toyshapes(12)
+    ids12, mask12 = short(["a small red circle at the top left"])
+    out16, out12 = encoder(ids, mask)[mask], encoder(ids12, mask12)[mask12]
+    assert torch.allclose(out16, out12, atol=1e-5)
+
+
+def test_segments_start_a_new_phrase_at_each_article():
+    text, encoder = _encoder("segments")
+    ids, mask = text(["a small red circle left of a large blue square"])
+    phrase = torch.cumsum(ids == text.article_id, 1)[mask]
+    assert phrase.tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]
+
+
+def test_text_position_is_checked_and_needs_the_article_for_segments():
+    from hart_mini.model.text import TextEncoder
+
+    with pytest.raises(ValueError, match="text_position"):
+        TransformerConfig(text_position="rope")
+    with pytest.raises(ValueError, match="article_id"):
+        TextEncoder(10, 16, 32, 1, 2, "segments", None)

@@ -35,7 +35,8 @@ class LatentDiffusion(nn.Module):
         self.diffusion = diffusion or BaselineConfig()
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         D, C, h = cfg.width, tokenizer.cfg.latent_channels, tokenizer.cfg.latent_size
-        self.text = TextEncoder(text_tokenizer.vocab_size, cfg.text_len, D, cfg.text_depth, cfg.num_heads)
+        self.text = TextEncoder(text_tokenizer.vocab_size, cfg.text_len, D, cfg.text_depth, cfg.num_heads,
+                                cfg.text_position, text_tokenizer.article_id)
         self.text_proj = nn.Linear(D, D)
         self.time_embed = nn.Sequential(nn.Linear(64, D), nn.SiLU(), nn.Linear(D, D))
         self.in_proj = nn.Linear(C, D)

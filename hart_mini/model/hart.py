@@ -143,7 +143,7 @@ class HART(nn.Module):
         tok = tokenizer.cfg
         self.scales, self.K = tok.scales, len(tok.scales)
         self.transformer = NextScaleTransformer(cfg, tok.scales, tok.latent_channels, tok.codebook_size,
-                                                text_tokenizer.vocab_size)
+                                                text_tokenizer.vocab_size, text_tokenizer.article_id)
         if self.head_cfg.mode != "off":
             self.reset_head()
             self.schedule = CosineSchedule(self.head_cfg.train_steps)

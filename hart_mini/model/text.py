@@ -75,6 +75,11 @@ class CaptionTokenizer:
     def to_dict(self) -> dict:
         return {"words": self.vocab[1:], "max_len": self.max_len, "mode": self.mode}
 
+    @property
+    def article_id(self) -> int | None:
+        """The id of "a", which starts each noun phrase of a ToyShapes caption (TextEncoder's segments)."""
+        return self.index.get("a")
+
     @classmethod
     def from_dict(cls, d: dict) -> CaptionTokenizer:
         return cls(d["words"], d["max_len"], d["mode"])
@@ -117,17 +122,44 @@ class CaptionTokenizer:
 
 
 class TextEncoder(nn.Module):
-    """Token + position embeddings, then a few bidirectional transformer blocks: (B, T) -> (B, T, D)."""
+    """Token + position embeddings, then a few bidirectional transformer blocks: (B, T) -> (B, T, D).
 
-    def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int):
+    How it tells word order (`position`, TransformerConfig.text_position):
+      learned   x_t = e(w_t) + p_t, p_t for padded slot t, initialised at std 0.02: 25x smaller than the word
+                vectors (std 1), and a word's slot moves with the caption's length (left padding). The
+                shipped models use it; `diagnose text` shows they do not read word order.
+      counted   p indexed by the word's place counted from the caption's first word, at std 1
+      segments  counted, plus s_j for the noun phrase j the word is in: phrase j starts at the j-th article
+                ("a"), so the colour of the first object and of the second get different inputs
+    """
+
+    def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
+                 position: str = "learned", article_id: int | None = None, segments: int = 3):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, width)
-        self.pos = nn.Parameter(torch.randn(max_len, width) * 0.02)
+        require(position != "segments" or article_id is not None, "article_id", article_id,
+                "the id of the article that starts a noun phrase, for position='segments'")
+        self.position, self.article_id = position, article_id
+        self.embed = nn.Embedding(vocab_size, width)  # std 1
+        self.pos = nn.Parameter(torch.randn(max_len, width) * (0.02 if position == "learned" else 1.0))
+        self.segment = nn.Embedding(segments, width) if position == "segments" else None
         self.blocks = nn.ModuleList(Block(width, num_heads, adaln=False) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
+    def positions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What the text encoder adds to each word vector to tell where it is: (B, T, D)."""
+        T = ids.shape[1]
+        if self.position == "learned":
+            return self.pos[:T].expand(len(ids), -1, -1)
+        first = (~mask).sum(1, keepdim=True)  # (B, 1): padding slots before the first word
+        place = (torch.arange(T, device=ids.device)[None] - first).clamp_min(0)  # (B, T): 0 at the first word
+        out = self.pos[place]
+        if self.segment is not None:  # phrase 0 before any article, then 1, 2, ...: capped at the last one
+            phrase = torch.cumsum(ids == self.article_id, 1).clamp_max(self.segment.num_embeddings - 1)
+            out = out + self.segment(phrase)
+        return out
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, D)
+        x = self.embed(ids) + self.positions(ids, mask)  # (B, T, D)
         attend = mask[:, None, None, :]  # (B, 1, 1, T): every token sees every real token
         for block in self.blocks:
             x = block(x, attend)

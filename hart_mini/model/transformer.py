@@ -51,11 +51,12 @@ class NextScaleTransformer(nn.Module):
     """Text prefix + next-scale prediction over a multi-scale token pyramid."""
 
     def __init__(self, cfg: TransformerConfig, scales: tuple[int, ...], latent_channels: int, codebook_size: int,
-                 text_vocab_size: int):
+                 text_vocab_size: int, article_id: int | None = None):
         super().__init__()
         self.cfg, self.scales = cfg, tuple(scales)
         D, K, L = cfg.width, len(scales), sum(p * p for p in scales)
-        self.text = TextEncoder(text_vocab_size, cfg.text_len, D, cfg.text_depth, cfg.num_heads)
+        self.text = TextEncoder(text_vocab_size, cfg.text_len, D, cfg.text_depth, cfg.num_heads, cfg.text_position,
+                                article_id)
         self.text_proj = nn.Linear(D, D)  # HART's context_embed
         self.word_embed = nn.Linear(latent_channels, D)  # latent vectors (C) -> tokens (D)
         self.level_embed = nn.Embedding(K, D)
