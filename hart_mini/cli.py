@@ -263,6 +263,26 @@ def cmd_eval_hart(args) -> dict:
     return emit(result, args.json)
 
 
+def cmd_eval_diffusion(args) -> dict:
+    from hart_mini.measure.evaluate import evaluate_seeds
+    from hart_mini.runtime import inference_autocast, pick_device
+
+    output(args.json, "--json", args)
+    seeds = [args.seed] if args.seed is not None else args.seeds
+    check_seed_span(seeds, args.n, "--seeds" if args.seed is None else "--seed")
+    model, source = resolve("diffusion", args.ckpt, args.preset, args.device)
+    judge, _ = resolve("judge", args.judge, args.preset, args.device)
+
+    def generate(prompts, seed):
+        with inference_autocast(pick_device(args.device)):
+            return model.generate(prompts, cfg_scale=args.cfg, sampling_steps=args.steps, seed=seed)
+
+    result = {"model": source, "cfg": args.cfg, "seed": seeds[0],
+              "steps": args.steps or model.diffusion.sampling_steps,
+              **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds, desc="eval diffusion")}
+    return emit(result, args.json)
+
+
 def cmd_sample(args) -> dict:
     import numpy as np
     from tqdm.auto import tqdm
@@ -672,6 +692,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_overwrite(p)
     p.set_defaults(func=cmd_eval_hart)
+
+    p = evaluate.add_parser("diffusion", help="the diffusion baseline's FD and prompt accuracy on N held-out captions")
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help="baseline file or training folder (default: shipped)")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    p.add_argument("--n", type=count(2, " (FD needs 2)"), default=1000,
+                   help="number of samples (and of real reference images)")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=count(1), default=None, help="DDIM steps (default: the model's, 30)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
+                       help="sampling seeds in [0, 2**32), comma-separated (default 0,1000,2000)")
+    seeds.add_argument("--seed", type=seed, default=None, help="one sampling seed only")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
+    p.set_defaults(func=cmd_eval_diffusion)
 
     p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve "
                                         "(scales, the default), what the residual head adds (head), whether "

@@ -52,6 +52,20 @@ def test_eval_hart_seed_draws_other_samples_for_the_same_prompts(capsys):
     assert fd(1000) != first  # another seed: other samples, so another estimate
 
 
+def test_eval_diffusion_reports_the_baseline_with_one_and_two_object_accuracy(capsys):
+    """The baseline gets the same evaluation as HART: FD, prompt accuracy and its one-/two-object split, each
+    with its noise; the same seed draws the same samples."""
+    def run(*args: str) -> dict:
+        assert main(["eval", "diffusion", "--preset", "cpu", "--n", "8", "--steps", "2", "--device", "cpu",
+                     *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    first = run("--seed", "0")
+    assert first["steps"] == 2 and first["model"].startswith("shipped diffusion")
+    assert {"fd", "prompt_accuracy_one", "prompt_accuracy_two", "prompt_accuracy_two_se"} <= set(first)
+    assert run("--seed", "0")["fd"] == first["fd"]
+
+
 def test_eval_hart_seeds_report_mean_sd_and_standard_errors_of_the_single_seed_runs(capsys, tmp_path):
     def run(*args: str) -> dict:
         assert main(["eval", "hart", "--preset", "cpu", "--n", "8", "--device", "cpu", *args]) == 0
