@@ -97,6 +97,14 @@ def probability(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1], both ends included."""
+    value = number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number in [0, 1]")
+    return value
+
+
 def prompt(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the prompt is empty: describe an image, e.g. 'a large red striped "

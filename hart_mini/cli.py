@@ -35,6 +35,7 @@ from hart_mini.arguments import (
     count,
     distinct_seeds,
     eval_count,
+    fraction,
     guidance,
     listed,
     minutes,
@@ -205,11 +206,11 @@ def cmd_train_tokenizer(args) -> dict:
 
 
 def text_position(preset, args):
-    """The preset with --text-position applied to its transformer (HART and the baseline share it)."""
-    if args.text_position is None:
-        return preset
-    return dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer,
-                                                                       text_position=args.text_position))
+    """The preset with --text-position (and HART's --scale-balance) applied to its transformer (HART and the
+    baseline share it)."""
+    changes = {k: v for k, v in (("text_position", args.text_position),
+                                 ("scale_balance", getattr(args, "scale_balance", None))) if v is not None}
+    return dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, **changes))
 
 
 def cmd_train_hart(args) -> dict:
@@ -621,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
     add_text_position(p)
+    p.add_argument("--scale-balance", type=fraction, default=None,
+                   help="cross-entropy weight of a scale's tokens: 0 weighs every token alike (the preset's), 1 "
+                        "gives every scale the same total weight (TransformerConfig.scale_balance)")
     p = training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
     add_text_position(p)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
