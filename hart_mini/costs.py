@@ -236,7 +236,8 @@ def time_stage(stage: Stage, preset, device: torch.device, data, folder, window:
 
 def attention_kernels(run) -> list[str]:
     """The attention kernels run() ran, by their aten names: on CUDA the block-causal mask leaves the
-    memory-efficient or the cuDNN kernel (flash takes no mask); ['math'] when attention ran unfused."""
+    memory-efficient kernel (flash takes no mask; runtime.cuda_settings turns cuDNN's off); ['math'] when
+    attention ran unfused."""
     from hart_mini.budget import count_ops
 
     names = sorted({op.name.removeprefix("aten.") for op in count_ops(run) if op.kind == "attention"})
