@@ -241,47 +241,42 @@ def cmd_train_judge(args) -> dict:
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
-def cmd_eval_hart(args) -> dict:
+def evaluated(kind: str, args, sample) -> dict:
+    """`eval hart` and `eval diffusion`: check the outputs and seeds, load the model and the judge, and
+    evaluate sample(model, prompts, seed) -> images in bf16 on CUDA (fp32 elsewhere) over the seeds.
+    Returns the model, its source, the seeds and evaluate_seeds' result."""
     from hart_mini.measure.evaluate import evaluate_seeds
-    from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
     from hart_mini.runtime import inference_autocast, pick_device
 
     output(args.json, "--json", args)
     seeds = [args.seed] if args.seed is not None else args.seeds
     check_seed_span(seeds, args.n, "--seeds" if args.seed is None else "--seed")
-    model, source = resolve("hart", args.ckpt, args.preset, args.device)
+    model, source = resolve(kind, args.ckpt, args.preset, args.device)
     judge, _ = resolve("judge", args.judge, args.preset, args.device)
 
     def generate(prompts, seed):
         with inference_autocast(pick_device(args.device)):  # bf16 + TF32 on CUDA, as in training
-            return variants.generate(model, prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                     sampling_steps=args.steps, seed=seed, use_head=not args.no_head)
+            return sample(model, prompts, seed)
 
-    result = {"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": seeds[0],
-              "steps": args.steps or model.head_cfg.sampling_steps,
-              **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds,
-                                desc="eval hart")}
-    return emit(result, args.json)
+    result = evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds, desc=f"eval {kind}")
+    return model, source, seeds, result
+
+
+def cmd_eval_hart(args) -> dict:
+    from hart_mini.model import sampling_variants as variants  # every head mode, the ablations' too
+
+    model, source, seeds, result = evaluated("hart", args, lambda model, prompts, seed: variants.generate(
+        model, prompts, cfg_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, sampling_steps=args.steps,
+        seed=seed, use_head=not args.no_head))
+    return emit({"model": source, "mode": model.mode, "head": not args.no_head, "cfg": args.cfg, "seed": seeds[0],
+                 "steps": args.steps or model.head_cfg.sampling_steps, **result}, args.json)
 
 
 def cmd_eval_diffusion(args) -> dict:
-    from hart_mini.measure.evaluate import evaluate_seeds
-    from hart_mini.runtime import inference_autocast, pick_device
-
-    output(args.json, "--json", args)
-    seeds = [args.seed] if args.seed is not None else args.seeds
-    check_seed_span(seeds, args.n, "--seeds" if args.seed is None else "--seed")
-    model, source = resolve("diffusion", args.ckpt, args.preset, args.device)
-    judge, _ = resolve("judge", args.judge, args.preset, args.device)
-
-    def generate(prompts, seed):
-        with inference_autocast(pick_device(args.device)):
-            return model.generate(prompts, cfg_scale=args.cfg, sampling_steps=args.steps, seed=seed)
-
-    result = {"model": source, "cfg": args.cfg, "seed": seeds[0],
-              "steps": args.steps or model.diffusion.sampling_steps,
-              **evaluate_seeds(generate, judge, get_preset(args.preset).data, args.n, seeds, desc="eval diffusion")}
-    return emit(result, args.json)
+    model, source, seeds, result = evaluated("diffusion", args, lambda model, prompts, seed: model.generate(
+        prompts, cfg_scale=args.cfg, sampling_steps=args.steps, seed=seed))
+    return emit({"model": source, "cfg": args.cfg, "seed": seeds[0],
+                 "steps": args.steps or model.diffusion.sampling_steps, **result}, args.json)
 
 
 def cmd_sample(args) -> dict:
