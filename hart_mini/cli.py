@@ -99,6 +99,27 @@ def save_grid(pixels, captions: list[str], out: Path, title: str | None = None) 
     return viz.save(viz.image_grid(pixels, captions, ncols=min(8, len(pixels)), title=title), out)
 
 
+def evaluated_parser(evaluate, name: str, help: str, what: str) -> argparse.ArgumentParser:
+    """An `eval NAME` command for a generator (see `evaluated`): model, judge, N, guidance, seeds, output."""
+    p = evaluate.add_parser(name, help=help)
+    add_preset(p)
+    p.add_argument("--ckpt", type=Path, default=None, help=f"{what} file or training folder (default: shipped)")
+    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
+    p.add_argument("--n", type=count(2, " (FD needs 2)"), default=1000,
+                   help="number of samples (and of real reference images)")
+    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
+                       help="sampling seeds in [0, 2**32), comma-separated: FD is reported as mean +- sd over them "
+                            "(default 0,1000,2000)")
+    seeds.add_argument("--seed", type=seed, default=None,
+                       help="one sampling seed only (same as --seeds S): added to every batch's seed")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_overwrite(p)
+    return p
+
+
 def add_text_position(p) -> None:
     from hart_mini.config import TEXT_POSITIONS
 
@@ -670,43 +691,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_overwrite(p)
     p.set_defaults(func=cmd_eval_judge)
 
-    p = evaluate.add_parser("hart", help="FD and prompt accuracy on N held-out captions")
-    add_preset(p)
-    p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
-    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=count(2, " (FD needs 2)"), default=1000,
-                   help="number of samples (and of real reference images)")
-    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
+    p = evaluated_parser(evaluate, "hart", "FD and prompt accuracy on N held-out captions", "HART")
     p.add_argument("--top-k", type=count(0), default=0)
     p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--steps", type=count(1), default=None, help="head sampling steps (default: the model's)")
     p.add_argument("--no-head", action="store_true", help="evaluate the discrete-only images")
-    seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
-                       help="sampling seeds in [0, 2**32), comma-separated: FD is reported as mean +- sd over them "
-                            "(default 0,1000,2000)")
-    seeds.add_argument("--seed", type=seed, default=None,
-                       help="one sampling seed only (same as --seeds S): added to every batch's seed")
-    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add_overwrite(p)
     p.set_defaults(func=cmd_eval_hart)
 
-    p = evaluate.add_parser("diffusion", help="the diffusion baseline's FD and prompt accuracy on N held-out captions")
-    add_preset(p)
-    p.add_argument("--ckpt", type=Path, default=None, help="baseline file or training folder (default: shipped)")
-    p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
-    p.add_argument("--n", type=count(2, " (FD needs 2)"), default=1000,
-                   help="number of samples (and of real reference images)")
-    p.add_argument("--cfg", type=guidance, default=3.0, help="classifier-free guidance scale")
+    p = evaluated_parser(evaluate, "diffusion", "the diffusion baseline's FD and prompt accuracy on N held-out "
+                         "captions", "baseline")
     p.add_argument("--steps", type=count(1), default=None, help="DDIM steps (default: the model's, 30)")
-    seeds = p.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=distinct_seeds, default=[0, 1000, 2000],
-                       help="sampling seeds in [0, 2**32), comma-separated (default 0,1000,2000)")
-    seeds.add_argument("--seed", type=seed, default=None, help="one sampling seed only")
-    p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add_overwrite(p)
     p.set_defaults(func=cmd_eval_diffusion)
 
     p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve "
