@@ -441,10 +441,10 @@ def cmd_bench(args) -> dict:
     output(figure, "--figure" if args.figure else "--figure (beside --json)", args, IMAGE_SUFFIXES)
     device = pick_device(args.device)
     if args.step_profile:  # where a training step's time goes, stage by stage
+        from hart_mini.runtime import data_workers
         from hart_mini.step_profile import profile_stages
 
-        workers = max(min((__import__("os").cpu_count() or 1) - 1, 8), 0) if device.type == "cuda" else 0
-        result = {"stages": profile_stages(get_preset(args.preset), device, workers=workers),
+        result = {"stages": profile_stages(get_preset(args.preset), device, workers=data_workers(device)),
                   "preset": args.preset, "device": describe_device(device),
                   "torch": __import__("torch").__version__, "command": command_line()}
         return emit(result, args.json)

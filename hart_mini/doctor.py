@@ -44,7 +44,6 @@ def sdpa_kernels(device: torch.device) -> dict:
 def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path = "doctor_samples.png",
            workers: int | None = None) -> dict:
     """workers: data processes for the burst (default: on CUDA, one per core but one, at most 8; else 0)."""
-    import os
 
     from hart_mini import pretrained
     from hart_mini.config import require
@@ -53,14 +52,14 @@ def doctor(preset, device_name: str = "auto", steps: int = 30, out: str | Path =
     from hart_mini.model.hart import HART
     from hart_mini.model.text import CaptionTokenizer
     from hart_mini.model.tokenizer import HybridTokenizer
-    from hart_mini.runtime import autocast_dtype, cuda_settings, describe_device, peak_tflops, pick_device
+    from hart_mini.runtime import autocast_dtype, cuda_settings, data_workers, describe_device, peak_tflops, pick_device
     from hart_mini.train import RunOptions, captions_of, fit, toyshapes_batches
 
     require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
     device = pick_device(device_name)
     cuda_settings(device)
     if workers is None:
-        workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+        workers = data_workers(device)
     report = {"device": describe_device(device), "torch": torch.__version__,
               "bf16": device.type == "cuda" and torch.cuda.is_bf16_supported(),
               "autocast": str(autocast_dtype(device)), "tf32": device.type == "cuda",

@@ -6,6 +6,7 @@ asks for "auto", which takes CUDA, then Apple's MPS, then the CPU.
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -72,6 +73,12 @@ def cuda_settings(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+def data_workers(device: torch.device, most: int = 8) -> int:
+    """Data processes that draw batches ahead: on CUDA one per core but one (the main process), at most
+    `most`; none elsewhere, where the same cores would do the model's work."""
+    return min(most, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
 
 
 def one_thread(_worker: int = 0) -> None:
