@@ -20,6 +20,7 @@
     ship-run FOLDER  put what a pipeline run brought back into data/ and data/results/PRESET/
     doctor           check this machine: device, bf16, SDPA kernels, a training burst, samples
     course student   student notebooks with the solutions removed
+    course pages     the course pages' numbers checked against data/results/
 """
 
 from __future__ import annotations
@@ -543,6 +544,16 @@ def cmd_course_student(args) -> dict:
     return emit({"out": str(args.outdir), "notebooks": [p.name for p in written]})
 
 
+def cmd_course_pages(args) -> dict:
+    from hart_mini.course.pages import stale_pages
+
+    result = stale_pages()
+    if result["stale"]:
+        note(f"note: {len(result['stale'])} numbers in the pages differ from data/results/: "
+             "HART_MINI_WRITE_PAGES=1 pytest tests/test_pages.py rewrites them")
+    return emit(result)
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     parser.add_argument("--overwrite", action="store_true",
@@ -844,6 +855,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the notebooks of an existing student folder (your edits there are lost)")
     p.set_defaults(func=cmd_course_student)
+    p = course.add_parser("pages", help="check the numbers of the course pages against data/results/ (reads only)",
+                          description="Every number marked in README.md and notebooks/{results,instructor_guide,"
+                                      "glossary}.md, checked against the JSON it names (hart_mini/course/pages.py). "
+                                      "Prints how many each page marks and every stale one; writes nothing.")
+    p.set_defaults(func=cmd_course_pages)
     return parser
 
 
