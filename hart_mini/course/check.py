@@ -10,8 +10,15 @@ model, the problem's numbers), with the package's own functions, never from the 
 an exercise expects is written in a notebook, and a failing check prints the size of the error, not the
 expected value, so the student versions of the notebooks do not give the answers away.
 
-`check_exact`, `check_close` and `check_true` are the comparisons themselves; the notebooks also use them
-to check a from-scratch piece against the package's. A passing check prints one line. A failing one
+A *build step* (a piece of HART the student writes: a loss, a sampler, a sampling loop) is checked by its
+function, not by one value it returned: the student passes the function itself, and the exercise runs it
+in a setting that tests what the piece is for (non-trivial scale weights and head weight for a loss,
+gradients into every trained part, both samplers), then compares stage by stage: token ids exactly, the
+first wrong scale named, continuous values within a tolerance that floating-point reordering never
+reaches.
+
+`check_exact`, `check_close`, `check_gradient` and `check_true` are the comparisons themselves; the
+notebooks also use them to check a from-scratch piece against the package's. A passing check prints one line. A failing one
 prints the same kind of line and raises `CheckFailed` (an AssertionError), so a notebook stops at the
 first wrong answer and CI notices it.
 """
@@ -24,6 +31,10 @@ import torch
 
 class CheckFailed(AssertionError):
     """An exercise answer does not match the reference."""
+
+
+class WrongForm(ValueError):
+    """A build step's function returned something of the wrong form (raised by the exercise that runs it)."""
 
 
 def _as_array(x) -> np.ndarray:
@@ -80,6 +91,22 @@ def check_close(name: str, got, expected, atol: float = 1e-5, rtol: float = 1e-4
     print(f"✓ {name}: close (max difference {float(diff.max()):.2g})")
 
 
+def check_gradient(name: str, got, expected, rtol: float = 1e-3) -> None:
+    """A gradient (one flat tensor over a part's parameters) must match in relative L2 error:
+    |g - e| / |e| <= rtol. None or all zeros where the reference is not: no gradient reaches the part."""
+    e = _as_array(expected).astype(np.float64)
+    g = None if got is None else _as_array(got).astype(np.float64)
+    if g is None or (not np.any(g) and np.any(e)):
+        _fail(name, "no gradient reaches these parameters: does your loss detach them, or return a number "
+                    "instead of a tensor?")
+    _shape_matches(name, g, e)
+    size = float(np.linalg.norm(e))
+    error = float(np.linalg.norm(g - e)) / (size if size > 0 else 1.0)
+    if not np.isfinite(error) or error > rtol:
+        _fail(name, f"off by {error:.0%} of its size (relative L2 error {error:.1e}; allowed {rtol:g})")
+    print(f"✓ {name}: close (relative error {error:.1g})")
+
+
 def check_true(name: str, condition: bool, hint: str = "") -> None:
     """A yes/no property, with a hint printed when it does not hold."""
     if not bool(condition):
@@ -99,7 +126,14 @@ def check_answer(exercise: str, answer, **given) -> None:
         raise KeyError(f"no exercise {exercise!r}; known: {', '.join(sorted(EXERCISES))}")
     ex = EXERCISES[exercise]
     name = f"{exercise} {ex.name}"
-    if ex.prepare is not None:
+    if ex.run is not None:  # a build step: run the student's function in the exercise's own setting
+        if not callable(answer):
+            _fail(name, "give your function (or module) itself, not what it returned: the check runs it")
+        try:
+            answer = ex.run(answer, **given)
+        except WrongForm as e:
+            _fail(name, f"your function returned the wrong form: {e}")
+    elif ex.prepare is not None:
         try:
             answer = ex.prepare(answer)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -113,7 +147,10 @@ def check_answer(exercise: str, answer, **given) -> None:
         if key is not None and key not in answer:
             _fail(part, "missing from the answer")
         got = answer if key is None else answer[key]
-        if ex.how == "exact":
+        how = ex.how if isinstance(ex.how, str) else ex.how.get(key, "close")  # per part: {key: how}
+        if how == "exact":
             check_exact(part, got, value)
+        elif how == "gradient":
+            check_gradient(part, got, value)
         else:
             check_close(part, got, value, atol=ex.atol, rtol=ex.rtol)

@@ -3,40 +3,53 @@
 A notebook checks an exercise with `hart_mini.course.check.check_answer("NN.k", answer, **given)`. The reference
 below receives only `given` (the data, a model, the problem's numbers) and recomputes the answer with the
 package's own functions, so it never depends on the student's code, and no notebook cell holds an
-expected value. `tests/test_exercises.py` feeds every exercise a plausible wrong answer and checks that
-it fails.
+expected value.
+
+Build steps (the pieces of HART a student writes: the mask, attention, the losses, the head, its sampler,
+the sampling loop) are checked for what they are for. Where the answer is a function, the exercise's `run`
+calls it itself in a setting where every part of the piece shows: a loss on a copy of the model with
+non-trivial scale weights and head weight (`loss_setting`), its value and the gradient of every trained
+part; a sampler with both samplers; a sampling loop stage by stage (each scale's tokens exactly, then the
+latent and the images within a tolerance that reordered floating-point sums never reach).
+`tests/test_exercises.py` feeds every build step several right ways to write it (loops, einsum, SDPA,
+float64, reordered sums), which must pass, and several wrong ones, which must fail.
 
 Instructors: `notebooks/instructor_guide.md` discusses every exercise; this file is the answer key.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from hart_mini.course.check import WrongForm
+
 
 @dataclass(frozen=True)
 class Exercise:
     name: str  # what is checked, printed on the check's line
     reference: Callable[..., object]  # given -> the expected answer, computed independently
-    how: str = "close"  # "exact" or "close"
+    how: str | dict = "close"  # "exact", "close" or "gradient"; or {part: how} for a dict answer
     atol: float = 1e-5
     rtol: float = 1e-4
     prepare: Callable[[object], object] | None = None  # the student's answer -> what is compared
+    run: Callable[..., object] | None = None  # build steps: (the student's function, **given) -> what is compared
 
 
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(key: str, name: str, how: str = "close", atol: float = 1e-5, rtol: float = 1e-4,
-             prepare: Callable | None = None):
+def exercise(key: str, name: str, how: str | dict = "close", atol: float = 1e-5, rtol: float = 1e-4,
+             prepare: Callable | None = None, run: Callable | None = None):
     """Register the decorated function as the reference of exercise `key` ('NN.k')."""
 
     def register(reference: Callable) -> Callable:
-        EXERCISES[key] = Exercise(name, reference, how, atol, rtol, prepare)
+        EXERCISES[key] = Exercise(name, reference, how, atol, rtol, prepare, run)
         return reference
 
     return register
@@ -44,6 +57,162 @@ def exercise(key: str, name: str, how: str = "close", atol: float = 1e-5, rtol: 
 
 def _tokens(scales) -> int:
     return sum(p * p for p in scales)  # L = sum pn^2
+
+
+# --- build steps: the settings a student's piece runs in ------------------------------------------------
+
+
+def loss_setting(model, head: bool):
+    """A copy of `model` in which every term of a loss shows, in eval mode (every last-scale token scored):
+    scale weights (pn_k^2)^-0.5 if the model weighs its scales equally, head weight 0.5 if it is 1, and for
+    the cross-entropy alone (head=False, notebook 05) no head. A loss that forgets a weight then fails."""
+    m = copy.deepcopy(model).eval()
+    if m.cfg.scale_balance == 0:
+        m.cfg = dataclasses.replace(m.cfg, scale_balance=0.5)
+        sizes = torch.cat([torch.full((p * p,), float(p * p)) for p in m.scales])
+        weights = sizes.pow(-0.5)
+        m.token_weights = (weights / weights.mean()).to(m.token_weights.device)
+    if not head:
+        m.head_cfg = dataclasses.replace(m.head_cfg, mode="off")
+    elif m.head_cfg.loss_weight == 1:
+        m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
+    m.zero_grad(set_to_none=True)
+    return m
+
+
+def _flat_grad(params: list) -> torch.Tensor | None:
+    """Every parameter's gradient in one flat tensor (zeros where one has none); None if none has any."""
+    if all(p.grad is None for p in params):
+        return None
+    return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params]).detach()
+
+
+def _loss_terms(loss_fn: Callable, model, images, captions, seed: int, head: bool) -> dict:
+    """Run a loss (the student's, or HART.loss) from `seed` in the loss setting: its value, its logged terms
+    (with the head) and the gradient that reaches each trained part."""
+    m = loss_setting(model, head)
+    with torch.enable_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)  # fixes the random draws: the caption dropout, r_K, then t and the noise
+        out = loss_fn(m, images, captions)
+        loss, logs = out if isinstance(out, tuple) else (out, {})
+        if not torch.is_tensor(loss) or loss.numel() != 1:
+            raise WrongForm("the loss should be a one-number tensor (it trains the model), not "
+                            f"{type(loss).__name__}")
+        if loss.requires_grad:
+            loss.backward()
+    terms = {"loss": float(loss.detach())}
+    if head:
+        if not isinstance(logs, dict) or not {"ce", "diff"} <= set(logs):
+            raise WrongForm("return (loss, {'ce': ..., 'diff': ...})")
+        terms.update(ce=float(logs["ce"]), diff=float(logs["diff"]))
+    terms["gradient: transformer"] = _flat_grad(list(m.transformer.parameters()))
+    if head:
+        terms["gradient: head"] = _flat_grad([*m.head.parameters(), *m.cond_norm.parameters()])
+    return terms
+
+
+LOSS_PARTS = {"loss": "close", "ce": "close", "diff": "close", "gradient: transformer": "gradient",
+              "gradient: head": "gradient"}
+
+
+def _loop_stages(out, hart) -> dict:
+    """A sampling loop's output -> its stages in the order they happen: each scale's tokens, the latent the
+    decoder reads, the images. The first stage that differs is the one the check names."""
+    if not isinstance(out, dict) or not {"indices", "latent", "image"} <= set(out):
+        raise WrongForm("return a dict with 'indices' (the K token maps), 'latent' (what the decoder reads) "
+                        "and 'image'")
+    if len(out["indices"]) != hart.K:
+        raise WrongForm(f"{len(out['indices'])} token maps in 'indices', one per scale expected ({hart.K})")
+    stages = {}
+    for r, pn in zip(out["indices"], hart.scales):
+        if torch.as_tensor(r).numel() % (pn * pn):
+            raise WrongForm(f"the {pn}x{pn} scale's tokens have {torch.as_tensor(r).numel()} entries")
+        stages[f"tokens {pn}x{pn}"] = torch.as_tensor(r).reshape(-1, pn, pn)
+    return {**stages, "latent": out["latent"], "image": out["image"]}
+
+
+def _run_loop(fn: Callable, hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0) -> dict:
+    with torch.no_grad():
+        return _loop_stages(fn(hart, prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed), hart)
+
+
+@torch.no_grad()
+def _loop_reference(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0) -> dict:
+    out = hart.sample_latent(prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed)
+    return _loop_stages({**out, "image": hart.decode(out)}, hart)
+
+
+LOOP_HOW = {f"tokens {pn}x{pn}": "exact" for pn in range(1, 65)} | {"latent": "close", "image": "close"}
+
+
+def _head_inputs(state: dict, n: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed inputs (x_t (n, C), t (n,), z (n, D)) for a head of this state, with both ends of the chain."""
+    C, D = state["input_proj.weight"].shape[1], state["cond_embed.weight"].shape[1]
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    t[0], t[1] = 0, 999
+    return torch.randn(n, C, generator=g), t, torch.randn(n, D, generator=g)
+
+
+def _run_head(module, state, cfg) -> torch.Tensor:
+    try:
+        module.load_state_dict(state)  # the same weights as the package's head
+    except RuntimeError as e:
+        raise WrongForm(f"your head's parameters should be named as the package's MLPHead's: {e}") from None
+    with torch.no_grad():
+        return module(*_head_inputs(state))
+
+
+@torch.no_grad()
+def _head_reference(state, cfg) -> torch.Tensor:
+    from hart_mini.model.diffusion import MLPHead
+
+    x_t, t, z = _head_inputs(state)
+    head = MLPHead(cfg, x_t.shape[1], z.shape[1])
+    head.load_state_dict(state)
+    return head(x_t, t, z)
+
+
+def _head_loss_terms(loss_fn: Callable, head, batch_mul: int = 4, seed: int = 0) -> dict:
+    """A diffusion loss (the student's or the package's) on a copy of `head`, v and eps, from `seed`: the value
+    and the gradient of the head's parameters."""
+    from hart_mini.model.diffusion import CosineSchedule
+
+    C, D = head.input_proj.in_features, head.cond_embed.in_features
+    g = torch.Generator().manual_seed(1)
+    x0, z, terms = torch.randn(64, C, generator=g), torch.randn(64, D, generator=g), {}
+    for prediction in ("v", "eps"):
+        h = copy.deepcopy(head)
+        h.zero_grad(set_to_none=True)
+        with torch.enable_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)  # the steps t first, then the noise
+            loss = loss_fn(h, x0, z, CosineSchedule(1000), prediction, batch_mul)
+            if not torch.is_tensor(loss) or loss.numel() != 1:
+                raise WrongForm(f"the loss should be a one-number tensor, not {type(loss).__name__}")
+            if loss.requires_grad:
+                loss.backward()
+        terms[f"loss, {prediction}"] = float(loss.detach())
+        terms[f"gradient, {prediction}"] = _flat_grad(list(h.parameters()))
+    return terms
+
+
+HEAD_LOSS_HOW = {"loss, v": "close", "gradient, v": "gradient", "loss, eps": "close", "gradient, eps": "gradient"}
+
+
+def _head_draws(sample_fn: Callable, head, steps: int = 8, seed: int = 0) -> dict:
+    """A sampler (the student's or the package's) drawing 64 residuals from `head` with fixed conditions:
+    DDIM and the ancestral (DDPM) step, v-prediction, from one seeded generator each."""
+    from hart_mini.model.diffusion import CosineSchedule
+
+    C, D = head.input_proj.in_features, head.cond_embed.in_features
+    z = torch.randn(64, D, generator=torch.Generator().manual_seed(2))
+    out = {}
+    with torch.no_grad():
+        for method in ("ddim", "ddpm"):
+            generator = torch.Generator().manual_seed(seed)
+            out[f"{method}, {steps} steps"] = sample_fn(lambda x, t: head(x, t, z), (64, C), CosineSchedule(1000),
+                                                       steps, "v", method, generator)
+    return out
 
 
 # --- 00 welcome ---------------------------------------------------------------------------------------
@@ -212,10 +381,14 @@ def _loss_logs(model, images, captions, seed: int) -> dict:
     return logs
 
 
-@exercise("05.3", "teacher-forced next-scale cross-entropy (vs HART.loss)")
-@torch.no_grad()
+def _hart_loss(m, images, captions):
+    return m.loss(images, captions)
+
+
+@exercise("05.3", "next-scale cross-entropy (vs HART.loss)", how=LOSS_PARTS,
+          run=lambda fn, model, images, captions, seed=0: _loss_terms(fn, model, images, captions, seed, False))
 def _(model, images, captions, seed=0):
-    return float(_loss_logs(model, images, captions, seed)["ce"])
+    return _loss_terms(_hart_loss, model, images, captions, seed, head=False)
 
 
 @exercise("05.4", "top-k filtered logits", how="exact")
@@ -261,19 +434,40 @@ def _(x0_hat, eps_hat, t_next, schedule):
 # --- 07 residual head ---------------------------------------------------------------------------------
 
 
-@exercise("07.1", "share of the full token's variance the residual keeps, per channel")
+@exercise("07.1", "the head's MLP (vs the package's MLPHead, the same weights)", run=_run_head)
+def _(state, cfg):
+    return _head_reference(state, cfg)
+
+
+@exercise("07.2", "the head's diffusion loss (vs diffusion_loss)", how=HEAD_LOSS_HOW,
+          run=lambda fn, head, batch_mul=4, seed=0: _head_loss_terms(fn, head, batch_mul, seed))
+def _(head, batch_mul=4, seed=0):
+    from hart_mini.model.diffusion import diffusion_loss
+
+    return _head_loss_terms(diffusion_loss, head, batch_mul, seed)
+
+
+@exercise("07.3", "the head's sampler (vs diffusion.sample)", atol=1e-4,
+          run=lambda fn, head, steps=8, seed=0: _head_draws(fn, head, steps, seed))
+def _(head, steps=8, seed=0):
+    from hart_mini.model.diffusion import sample
+
+    return _head_draws(sample, head, steps, seed)  # (model, shape, schedule, steps, prediction, method, generator)
+
+
+@exercise("07.4", "share of the full token's variance the residual keeps, per channel")
 def _(residual, full):
     per_channel = lambda x: x.transpose(0, 1).flatten(1).var(1)  # (C,)
     return per_channel(residual) / per_channel(full)
 
 
-@exercise("07.2", "the head's condition z")
+@exercise("07.5", "the head's condition z")
 @torch.no_grad()
 def _(hart, h, idx):
     return hart.condition(h, idx)
 
 
-@exercise("07.3", "the head's MLP passes over single tokens (32 px, 1024 px)", how="exact")
+@exercise("07.6", "the head's MLP passes over single tokens (32 px, 1024 px)", how="exact")
 def _(sampling_steps, last_scales, guidance=True):
     return [sampling_steps * (2 if guidance else 1) * pn * pn for pn in last_scales]
 
@@ -281,10 +475,9 @@ def _(sampling_steps, last_scales, guidance=True):
 # --- 08 HART end to end -------------------------------------------------------------------------------
 
 
-@exercise("08.1", "images from your sampling loop, bit for bit (vs HART.generate)", how="exact")
-@torch.no_grad()
+@exercise("08.1", "your sampling loop (vs HART.sample_latent)", how=LOOP_HOW, atol=1e-4, run=_run_loop)
 def _(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0):
-    return hart.generate(prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed)
+    return _loop_reference(hart, prompts, cfg_scale, top_k, top_p, seed)
 
 
 def _parsed(caption: str) -> list[int]:
@@ -395,7 +588,8 @@ def _tokens_and_f_hat(answer) -> dict:
     return {"tokens": torch.cat([i.flatten(1) for i in indices], 1), "f_hat": f_hat}
 
 
-@exercise("12.1", "multi-scale residual VQ: tokens and f_hat (vs the package's quantizer)", prepare=_tokens_and_f_hat)
+@exercise("12.1", "multi-scale residual VQ: tokens and f_hat (vs the package's quantizer)",
+          how={"tokens": "exact", "f_hat": "close"}, prepare=_tokens_and_f_hat)
 @torch.no_grad()
 def _(f, quantizer):
     indices, f_hat, _, _ = quantizer.quantize(f)
@@ -415,20 +609,25 @@ def _(state, num_heads, x, attend, rope, split):
     return {"one pass": attention(x, attend, rope), "cached": torch.cat([first, then], 1)}
 
 
-@exercise("12.3", "HART's loss, cross-entropy and diffusion terms (vs HART.loss, same seed)")
-@torch.no_grad()
+EXERCISES["12.3"] = dataclasses.replace(EXERCISES["07.1"])  # notebook 07's head, pasted: the same checks
+EXERCISES["12.4"] = dataclasses.replace(EXERCISES["07.2"])
+EXERCISES["12.5"] = dataclasses.replace(EXERCISES["07.3"])
+
+
+@exercise("12.6", "HART's loss (vs HART.loss)",
+          how=LOSS_PARTS, run=lambda fn, model, images, captions, seed=0: _loss_terms(fn, model, images, captions,
+                                                                                      seed, True))
 def _(model, images, captions, seed=0):
-    logs = _loss_logs(model, images, captions, seed)
-    return {"ce": float(logs["ce"]), "diff": float(logs["diff"])}
+    return _loss_terms(_hart_loss, model, images, captions, seed, head=True)
 
 
-@exercise("12.4", "images from your sampling loop, bit for bit (vs HART.generate)", how="exact")
-@torch.no_grad()
+@exercise("12.7", "your sampling loop (vs HART.sample_latent)", how=LOOP_HOW, atol=1e-4,
+          run=_run_loop)
 def _(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0):
-    return hart.generate(prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed)
+    return _loop_reference(hart, prompts, cfg_scale, top_k, top_p, seed)
 
 
-@exercise("12.5", "prompt accuracy of each model")
+@exercise("12.8", "prompt accuracy of each model")
 @torch.no_grad()
 def _(models, judge, prompts, seed=0):
     from hart_mini.measure.judge import prompt_accuracy
@@ -437,7 +636,7 @@ def _(models, judge, prompts, seed=0):
             for name, model in models.items()}
 
 
-@exercise("12.6", "held-out token cross-entropy of each model")
+@exercise("12.9", "held-out token cross-entropy of each model")
 @torch.no_grad()
 def _(models, images, captions, seed=0):
     return {name: float(_loss_logs(model, images, captions, seed)["ce"]) for name, model in models.items()}
