@@ -138,13 +138,15 @@ def setup_distributed(device: torch.device) -> torch.device:
     return device
 
 
-# Dense bf16 tensor-core peak, TFLOP/s, for model FLOP utilisation (MFU). Pass --peak-tflops for others.
+# Dense tensor-core peak, TFLOP/s, for model FLOP utilisation (MFU): the bf16 peak, except on V100 and T4,
+# which have no bf16 tensor cores: their fp16 peak (train there with --precision fp16, or the MFU is against
+# a peak the run cannot reach). Pass --peak-tflops for other devices.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-               "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+               "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}  # V100, T4: fp16
 
 
 def peak_tflops(device: torch.device) -> float | None:
-    """The bf16 dense peak of a known CUDA device, else None."""
+    """The dense tensor-core peak of a known CUDA device (bf16; fp16 on V100 and T4), else None."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

@@ -18,9 +18,9 @@ first wrong scale named, continuous values within a tolerance that floating-poin
 reaches.
 
 `check_exact`, `check_close`, `check_gradient` and `check_true` are the comparisons themselves; the
-notebooks also use them to check a from-scratch piece against the package's. A passing check prints one line. A failing one
-prints the same kind of line and raises `CheckFailed` (an AssertionError), so a notebook stops at the
-first wrong answer and CI notices it.
+notebooks also use them to check a from-scratch piece against the package's. A passing check prints one
+line. A failing one prints the same kind of line and raises `CheckFailed` (an AssertionError), so a
+notebook stops at the first wrong answer and CI notices it.
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ import torch
 
 class CheckFailed(AssertionError):
     """An exercise answer does not match the reference."""
-
-
-class WrongForm(ValueError):
-    """A build step's function returned something of the wrong form (raised by the exercise that runs it)."""
 
 
 def _as_array(x) -> np.ndarray:
@@ -120,7 +116,7 @@ def check_answer(exercise: str, answer, **given) -> None:
     `given` holds what the exercise starts from (data, a model, the problem's numbers): the reference is
     computed from it alone.
     """
-    from hart_mini.course.exercises import EXERCISES
+    from hart_mini.course.exercises import EXERCISES, WrongForm
 
     if exercise not in EXERCISES:
         raise KeyError(f"no exercise {exercise!r}; known: {', '.join(sorted(EXERCISES))}")

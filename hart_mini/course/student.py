@@ -32,8 +32,8 @@ COURSE_MAP = (
      "AdaLN, KV cache, guidance", "10 min", "1 min"),
     ("06_diffusion_from_scratch", "DDPM / DDIM on points and latent vectors; eps vs v, clipping; fewer steps",
      "3 min", "1 min"),
-    ("07_residual_diffusion_head", "Why residuals are easy; the MLP head; conditioning; 8 vs 50 steps",
-     "5 min", "1 min"),
+    ("07_residual_diffusion_head", "You write the head: its MLP, diffusion loss and sampler; why residuals are easy; "
+     "conditioning; 8 vs 50 steps", "5 min", "1 min"),
     ("08_hart_end_to_end", "The assembled HART: you write the sampling loop; prompts to images, the head's effect "
      "and cost", "4 min", "1 min"),
     ("09_ablations", "Why our first HART put objects in the wrong corner (diagnose, force, fix); head on/off, "
@@ -42,8 +42,8 @@ COURSE_MAP = (
      "1 min"),
     ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, data loading, torchrun + DDP, chunked runs",
      "1 min", "1 min"),
-    ("12_capstone", "Your own HART: your quantizer, attention, loss and sampling loop wired together, trained, "
-     "compared with the shipped one", "5 min", "1 min"),
+    ("12_capstone", "Your own HART: your quantizer, attention, head, losses, sampler and sampling loop wired together, "
+     "trained beside a control run, compared with the shipped one", "10 min", "1 min"),
 )
 
 # Pages beside the notebooks (notebooks/*.md): what each is for.
