@@ -26,8 +26,8 @@ COURSE_MAP = (
      "1 min", "1 min"),
     ("03_multiscale_residual_vq", "VAR's multi-scale residual quantizer, scale by scale; L = sum of pn squared",
      "1 min", "1 min"),
-    ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous paths",
-     "1 min", "1 min"),
+    ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous paths; a "
+     "tokenizer trained briefly", "3 min", "1 min"),
     ("05_next_scale_transformer", "Next-scale prediction; you write the block-causal mask, attention and the loss; "
      "AdaLN, KV cache, guidance", "10 min", "1 min"),
     ("06_diffusion_from_scratch", "DDPM / DDIM on points and latent vectors; eps vs v, clipping; fewer steps",
