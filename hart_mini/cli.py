@@ -122,11 +122,16 @@ def evaluated_parser(evaluate, name: str, help: str, what: str) -> argparse.Argu
 
 
 def add_text_position(p) -> None:
+    """The caption options HART and the baseline share: how the encoder reads word order, how many training
+    captions name two objects."""
     from hart_mini.config import TEXT_POSITIONS
 
     p.add_argument("--text-position", choices=TEXT_POSITIONS, default=None,
                    help="how the caption encoder tells word order (default: the preset's, learned): see "
                         "TextEncoder in hart_mini/model/text.py")
+    p.add_argument("--two-objects", type=fraction, default=None,
+                   help="share of training images with two objects and a relation (DataConfig.p_two_objects; "
+                        "default: the preset's, 0.35); evaluation keeps the preset's held-out mix")
 
 
 def add_preset(parser: argparse.ArgumentParser) -> None:
@@ -229,10 +234,13 @@ def cmd_train_tokenizer(args) -> dict:
 
 def text_position(preset, args):
     """The preset with --text-position (and HART's --scale-balance) applied to its transformer (HART and the
-    baseline share it)."""
+    baseline share it), and --two-objects to its training data."""
     changes = {k: v for k, v in (("text_position", args.text_position),
                                  ("scale_balance", getattr(args, "scale_balance", None))) if v is not None}
-    return dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, **changes))
+    preset = dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, **changes))
+    if args.two_objects is not None:
+        preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, p_two_objects=args.two_objects))
+    return preset
 
 
 def cmd_train_hart(args) -> dict:

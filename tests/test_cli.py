@@ -111,3 +111,16 @@ def test_eval_judge_scores_real_images_and_says_when_a_judge_misreads_them(capsy
                     meta)  # every weight zero: it reads every image the same way
     assert main(["eval", "judge", "--preset", "cpu", "--n", "64", "--device", "cpu", "--ckpt", str(untrained)]) == 0
     assert json.loads(capsys.readouterr().out)["real_prompt_accuracy"] < 0.5
+
+
+def test_caption_options_reach_the_training_preset_and_leave_evaluation_alone():
+    from hart_mini.cli import text_position
+    from hart_mini.config import get_preset
+
+    args = build_parser().parse_args(["train", "hart", "--out", "runs/x", "--text-position", "counted",
+                                      "--two-objects", "0.7"])
+    preset = text_position(get_preset("cpu"), args)
+    assert preset.data.p_two_objects == 0.7 and preset.transformer.text_position == "counted"
+    assert get_preset("cpu").data.p_two_objects == 0.35  # the preset itself, which eval reads, is unchanged
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "diffusion", "--out", "runs/x", "--two-objects", "1.5"])
