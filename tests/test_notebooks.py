@@ -51,6 +51,15 @@ def test_notebook_has_goals_time_checked_outputs_and_exercises(path):
     assert any("check_" in s for s in sources), "exercises are checked with hart_mini.course.check"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_ends_with_an_expected_results_box_for_smoke_and_cpu(path):
+    last = _cells(path)[-1]
+    text = _source(last)
+    assert last["cell_type"] == "markdown" and text.startswith("## Expected results"), \
+        "the last cell is the '## Expected results' box: what a correct run prints and shows"
+    assert "`smoke`" in text and "`cpu`" in text, "the box says what to expect in both presets"
+
+
 def test_strip_solution_keeps_the_signature_and_stubs_the_body():
     source = 'def f(x):\n    """Doc."""\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n'
     stripped = strip_solution(source)

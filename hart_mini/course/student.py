@@ -29,21 +29,21 @@ COURSE_MAP = (
     ("04_hybrid_tokenizer", "Residual tokens and the alternating decoder: discrete vs continuous paths; a "
      "tokenizer trained briefly", "3 min", "1 min"),
     ("05_next_scale_transformer", "Next-scale prediction; you write the block-causal mask, attention and the loss; "
-     "AdaLN, KV cache, guidance", "10 min", "1 min"),
+     "AdaLN, KV cache, guidance", "8 min", "1 min"),
     ("06_diffusion_from_scratch", "DDPM / DDIM on points and latent vectors; eps vs v, clipping; fewer steps",
      "3 min", "1 min"),
     ("07_residual_diffusion_head", "You write the head: its MLP, diffusion loss and sampler; why residuals are easy; "
-     "conditioning; 8 vs 50 steps", "5 min", "1 min"),
+     "conditioning; 8 vs 50 steps", "4 min", "1 min"),
     ("08_hart_end_to_end", "The assembled HART: you write the sampling loop; prompts to images, the head's effect "
-     "and cost", "4 min", "1 min"),
+     "and cost", "5 min", "1 min"),
     ("09_ablations", "Why our first HART put objects in the wrong corner (diagnose, force, fix); head on/off, "
-     "full-token head, diffusion-early vs -last, steps, decoder, guidance", "1 min", "1 min"),
-    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at matched quality", "2 min",
+     "full-token head, diffusion-early vs -last, steps, decoder, guidance", "3 min", "1 min"),
+    ("10_efficiency", "Where sampling time goes; KV cache; MACs; the '9x faster' claim at matched quality", "1 min",
      "1 min"),
     ("11_scaling_up", "bf16, SDPA kernels, compile, MFU, data loading, torchrun + DDP, chunked runs",
      "1 min", "1 min"),
     ("12_capstone", "Your own HART: your quantizer, attention, head, losses, sampler and sampling loop wired together, "
-     "trained beside a control run, compared with the shipped one", "10 min", "1 min"),
+     "trained beside a control run, compared with the shipped one", "17 min", "1 min"),
 )
 
 # Pages beside the notebooks (notebooks/*.md): what each is for.
