@@ -143,7 +143,7 @@ def check_answer(exercise: str, answer, **given) -> None:
         if key is not None and key not in answer:
             _fail(part, "missing from the answer")
         got = answer if key is None else answer[key]
-        how = ex.how if isinstance(ex.how, str) else ex.how.get(key, "close")  # per part: {key: how}
+        how = ex.how if isinstance(ex.how, str) else ex.how.get(key, ex.how.get(str(key).split()[0], "close"))
         if how == "exact":
             check_exact(part, got, value)
         elif how == "gradient":
