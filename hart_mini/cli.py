@@ -121,7 +121,7 @@ def evaluated_parser(evaluate, name: str, help: str, what: str) -> argparse.Argu
     return p
 
 
-def add_text_position(p) -> None:
+def add_caption_options(p) -> None:
     """The caption options HART and the baseline share: how the encoder reads word order, how many training
     captions name two objects."""
     from hart_mini.config import TEXT_POSITIONS
@@ -232,7 +232,7 @@ def cmd_train_tokenizer(args) -> dict:
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
-def text_position(preset, args):
+def caption_options(preset, args):
     """The preset with --text-position (and HART's --scale-balance) applied to its transformer (HART and the
     baseline share it), and --two-objects to its training data."""
     changes = {k: v for k, v in (("text_position", args.text_position),
@@ -247,7 +247,7 @@ def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
-    preset = text_position(get_preset(args.preset), args)
+    preset = caption_options(get_preset(args.preset), args)
     if args.head_stage_steps is not None:
         preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, stage_steps=args.head_stage_steps))
     if args.train_seed is not None:
@@ -259,7 +259,7 @@ def cmd_train_hart(args) -> dict:
 def cmd_train_diffusion(args) -> dict:
     from hart_mini.train import train_diffusion
 
-    result = train_diffusion(text_position(get_preset(args.preset), args), args.out, args.tokenizer,
+    result = train_diffusion(caption_options(get_preset(args.preset), args), args.out, args.tokenizer,
                              run_options(args, "diffusion"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
@@ -656,12 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the preset's, 0)")
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
-    add_text_position(p)
+    add_caption_options(p)
     p.add_argument("--scale-balance", type=fraction, default=None,
                    help="cross-entropy weight of a scale's tokens: 0 weighs every token alike (the preset's), 1 "
                         "gives every scale the same total weight (TransformerConfig.scale_balance)")
     p = training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
-    add_text_position(p)
+    add_caption_options(p)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,
                  on_tokenizer=False)
     p.add_argument("--n-eval", type=count(1), default=5000, help="held-out images for the reported accuracy")

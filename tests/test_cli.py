@@ -114,12 +114,12 @@ def test_eval_judge_scores_real_images_and_says_when_a_judge_misreads_them(capsy
 
 
 def test_caption_options_reach_the_training_preset_and_leave_evaluation_alone():
-    from hart_mini.cli import text_position
+    from hart_mini.cli import caption_options
     from hart_mini.config import get_preset
 
     args = build_parser().parse_args(["train", "hart", "--out", "runs/x", "--text-position", "counted",
                                       "--two-objects", "0.7"])
-    preset = text_position(get_preset("cpu"), args)
+    preset = caption_options(get_preset("cpu"), args)
     assert preset.data.p_two_objects == 0.7 and preset.transformer.text_position == "counted"
     assert get_preset("cpu").data.p_two_objects == 0.35  # the preset itself, which eval reads, is unchanged
     with pytest.raises(SystemExit):
