@@ -8,10 +8,12 @@ f_hat + d instead of f_hat. This probe asks whether d helps, in three regimes of
               draws the last scale, the head its residual              the model's own last-scale token)
     true      every token is the true one; only the head draws      (a perfect transformer)
 
-and in three columns: head on (f_hat + d), head off (f_hat, the discrete path) and, where the true image is
-known (own, true), the true residual (f, the tokenizer's continuous reconstruction). Per cell: FD, prompt
-accuracy, texture accuracy, the high-frequency energy ratio against real images, and for the head the size
-of what it adds, against the real residual:
+and in four columns: head on (f_hat + d), head off (f_hat, the discrete path), the noise control (f_hat + n,
+n drawn per latent cell from N(0, Sigma), Sigma the covariance of real residuals: what a head that knew
+nothing but the residuals' size and channel mix would add; a head that adds detail must beat it) and, where
+the true image is known (own, true), the true residual (f, the tokenizer's continuous reconstruction).
+Per cell: FD, prompt accuracy, texture accuracy, the high-frequency energy ratio against real images, and for
+the head the size of what it adds, against the real residual:
 
     rms(d)               sqrt(mean d^2) over every latent entry      the real residual's: rms(f - f_hat_true)
     size ratio           |d| / |f - f_hat|                          (own, true: the residual it should draw)
@@ -32,7 +34,7 @@ from hart_mini.measure.evaluate import aggregate_seeds, attribute_counts, evalua
 from hart_mini.measure.metrics import high_frequency_ratio
 
 REGIMES = ("free", "own", "true")
-COLUMNS = ("head_on", "head_off", "true_residual")
+COLUMNS = ("head_on", "head_off", "noise_control", "true_residual")
 
 
 def forced_count(regime: str, K: int) -> int:
@@ -45,11 +47,16 @@ def _rms(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100) -> dict:
+def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100,
+                noise_factor: torch.Tensor | None = None) -> dict:
     """Images (N, 3, H, W) in [0, 1] of every column of one regime, for the held-out captions of `real`,
-    batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry)."""
+    batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry).
+    noise_factor: L (C, C) with L L^T = Sigma, the real residuals' covariance (residual_stats); the noise
+    control's n = L g, g ~ N(0, I) per latent cell (its own generator, so the model's draws are unchanged)."""
     tok, K = model.tokenizer, model.K
     device = next(model.parameters()).device
+    if noise_factor is None:
+        noise_factor = residual_stats(model, real, batch_size)["factor"]
     images = {c: [] for c in COLUMNS}
     sums = {"d2": 0.0, "r2": 0.0, "dr": 0.0, "count": 0}
     for i in range(0, len(real["caption"]), batch_size):
@@ -62,6 +69,8 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
         d = out["latent"] - out["f_hat"]  # (B, C, h, w): what the head added
         images["head_on"].append(model.decode(out).cpu())
         images["head_off"].append(model.decode({"latent": out["f_hat"], "path": "discrete"}).cpu())
+        noisy = noise_control(out["f_hat"], noise_factor, torch.Generator(device=device).manual_seed(seed + i + 1))
+        images["noise_control"].append(model.decode({"latent": noisy, "path": "continuous"}).cpu())
         if regime != "free":  # the residual the head should have drawn: f - f_hat
             residual = f - out["f_hat"]
             images["true_residual"].append(tok.decode(f, "continuous").clamp(-1, 1).add(1).div(2).cpu())
@@ -73,17 +82,29 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
 
 
 @torch.no_grad()
-def real_residual_rms(model, real: dict, batch_size: int = 100) -> float:
-    """rms(f - f_hat) of real images with their own tokens: the size of a real residual."""
+def residual_stats(model, real: dict, batch_size: int = 100) -> dict:
+    """The real residuals r = f - f_hat (the images' own tokens), one C-vector per latent cell: their rms
+    sqrt(mean r^2) (the size of a real residual) and the factor L (C, C) of their covariance, L L^T = Sigma,
+    Sigma = mean over cells of (r - mean r)(r - mean r)^T, for the noise control."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    cells = []
     for i in range(0, len(real["caption"]), batch_size):
         x = real["image"][i:i + batch_size].to(device)
         f = model.tokenizer.encode(x)
         f_hat = model.tokenizer.quantizer.quantize(f)[1]  # the full discrete latent of the true tokens
-        total += float((f - f_hat).pow(2).sum())
-        count += f.numel()
-    return math.sqrt(total / count)
+        cells.append((f - f_hat).permute(0, 2, 3, 1).flatten(0, 2).double())  # (B h w, C)
+    r = torch.cat(cells)
+    centred = r - r.mean(0)
+    sigma = centred.T @ centred / len(r)  # (C, C)
+    eye = torch.eye(len(sigma), dtype=sigma.dtype, device=sigma.device)
+    factor = torch.linalg.cholesky(sigma + 1e-10 * eye)  # jitter: a channel the residual never uses
+    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": factor.float()}
+
+
+def noise_control(f_hat: torch.Tensor, factor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """f_hat (B, C, h, w) + n, n = L g per latent cell, g ~ N(0, I): noise with the covariance L L^T."""
+    g = torch.randn(f_hat.permute(0, 2, 3, 1).shape, generator=generator, device=f_hat.device)  # (B, h, w, C)
+    return f_hat + (g @ factor.T).permute(0, 3, 1, 2)
 
 
 def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] = (0, 1000, 2000),
@@ -99,14 +120,15 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
         raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
     real = held_out(data_config, n)
     counts = attribute_counts(real["caption"])
+    stats = residual_stats(model, real, batch_size)
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
-                   "real_residual_rms": round(real_residual_rms(model, real, batch_size), 4), "regimes": {}}
+                   "real_residual_rms": round(stats["rms"], 4), "regimes": {}}
     bar = tqdm(total=len(REGIMES) * len(seeds), desc="diagnose head", leave=False)
     for regime in REGIMES:
         rows = {c: [] for c in COLUMNS}
         head = {"rms": [], "size_ratio": [], "cosine": []}
         for seed in seeds:
-            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size)
+            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"])
             for column, images in drawn["images"].items():
                 if examples is not None and seed == seeds[0]:
                     examples[f"{regime}: {column.replace('_', ' ')}"] = images[:8]

@@ -118,6 +118,30 @@ def test_diagnose_head_gives_every_regime_and_column_with_shared_tokens():
     assert not torch.allclose(drawn["images"]["head_on"], drawn["images"]["head_off"])
 
 
+def test_the_noise_control_has_the_real_residuals_covariance():
+    from hart_mini import diagnose_head
+
+    model = _model()
+    real = diagnose_head.held_out(PRESET.data, 6)
+    stats = diagnose_head.residual_stats(model, real, batch_size=4)
+    tok = model.tokenizer
+    f = tok.encode(real["image"])
+    r = (f - tok.quantizer.quantize(f)[1]).permute(0, 2, 3, 1).flatten(0, 2).double()  # (cells, C)
+    assert abs(stats["rms"] - float(r.pow(2).mean().sqrt())) < 1e-6
+    sigma = torch.cov(r.T, correction=0).float()
+    L = stats["factor"]
+    assert torch.allclose(L @ L.T, sigma, atol=1e-6) and torch.equal(L, L.tril())
+    C = sigma.shape[0]
+    drawn = diagnose_head.noise_control(torch.zeros(1, C, 300, 300), L, torch.Generator().manual_seed(0))
+    n = drawn.permute(0, 2, 3, 1).reshape(-1, C)
+    assert torch.allclose(torch.cov(n.T), sigma, atol=0.05 * float(sigma.diagonal().max()))
+    # the control adds noise to f_hat only: same f_hat, same seed, same control
+    f_hat = torch.randn(2, C, 4, 4)
+    a = diagnose_head.noise_control(f_hat, L, torch.Generator().manual_seed(3))
+    b = diagnose_head.noise_control(f_hat, L, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, f_hat)
+
+
 def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch):
     from hart_mini import diagnose_head
 
