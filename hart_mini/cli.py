@@ -11,7 +11,7 @@
     eval tokenizer   reconstruction metrics of a trained or shipped tokenizer
     eval judge       the judge's accuracy on real images, and their prompt accuracy
     diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
-    diagnose head    what the residual head adds: head on / off / true residual, free and with true tokens
+    diagnose head    what the residual head adds: head on / off / noise control / true residual, free and true tokens
     diagnose text    whether a model reads word order: CE of true tokens under mirrored / swapped captions
     bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
     ablate NAME      head, full, early, steps, decoder, cfg, position: JSON + figure
@@ -248,8 +248,9 @@ def cmd_train_hart(args) -> dict:
 
     mode = "off" if args.no_residual_head else args.mode
     preset = caption_options(get_preset(args.preset), args)
-    if args.head_stage_steps is not None:
-        preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, stage_steps=args.head_stage_steps))
+    head = {k: v for k, v in (("stage_steps", args.head_stage_steps), ("true_token_share", args.true_token_share))
+            if v is not None}
+    preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, **head))
     if args.train_seed is not None:
         preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=args.train_seed))
     result = train_hart(preset, args.out, args.tokenizer, run_options(args, "hart"), command_line(), mode)
@@ -654,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-stage-steps", type=count(0), default=None,
                    help="after the joint training, train the head alone this many steps on the final transformer "
                         "(default: the preset's, 0)")
+    p.add_argument("--true-token-share", type=fraction, default=None,
+                   help="share of training images whose head sees the true last-scale token instead of a sampled "
+                        "one (HeadConfig.true_token_share; default: the preset's, 0 as HART)")
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
     add_caption_options(p)
@@ -727,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the model reads word order (text)")
     p.add_argument("what", nargs="?", choices=("scales", "head", "text"), default="scales",
                    help="scales: caption sensitivity per scale and forced coarse scales; head: head on / off / "
-                        "true residual in free generation, with scales 1..K-1 true and with every token true; "
+                        "noise control / true residual in free generation, with scales 1..K-1 true and with every "
+                        "token true; "
                         "text: the likelihood test of two-object captions mirrored, swapped or changed")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")

@@ -179,6 +179,11 @@ class HeadConfig:
     batch_mul: int = 4  # noise draws per (target, condition) pair in the loss
     loss_weight: float = 1.0  # lambda: loss = CE + lambda * diffusion loss
     sampled_tokens: bool = True  # condition on r_K sampled from the model's own logits (HART); False: truth
+    # The share of training images whose head condition and target use the true r_K instead of a sampled
+    # one (with sampled_tokens). 0 is HART's code. Our last-scale tokens are right ~3 % of the time, so a
+    # head trained on sampled ones learns to redraw the last scale, which harms good tokens; trained on a mix
+    # it learns a partial redraw (notebook 07, section 5). Drawn per image.
+    true_token_share: float = 0.0
     # HART's token subsampling, training only: each step drops a share of the last scale's tokens from the
     # sequence (their queries and keys, their CE and head terms). The share is drawn per step from a normal
     # around 1 (std 0.25) truncated to [last_drop, 1], as in HART's code (mean 0.82 for last_drop = 0.5);
@@ -208,6 +213,8 @@ class HeadConfig:
         require(self.last_drop == 0 or self.mode in ("last", "off"), "last_drop", self.last_drop,
                 f"0 with mode={self.mode!r} (token subsampling is for the 'last' and 'off' modes)")
         require(_is_int(self.last_keep) and self.last_keep >= 1, "last_keep", self.last_keep, "an integer >= 1")
+        require(0.0 <= self.true_token_share <= 1.0, "true_token_share", self.true_token_share,
+                "a number in [0, 1] (0 = always a sampled token, as HART)")
         require(_is_int(self.stage_steps) and self.stage_steps >= 0, "stage_steps", self.stage_steps,
                 "an integer >= 0 (0 = no head stage)")
         require(self.stage_steps == 0 or self.mode in ("last", "full", "early"), "stage_steps", self.stage_steps,

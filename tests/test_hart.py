@@ -193,3 +193,27 @@ def test_head_only_loss_gives_no_gradient_to_the_transformer():
     assert all(p.grad is not None for p in model.head.parameters())
     with pytest.raises(ValueError, match="head_only"):
         _model("off").loss(batch["image"], batch["caption"], head_only=True)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_true_token_share_picks_the_true_last_scale_token_for_that_share_of_images(share, monkeypatch):
+    model = _model("last", true_token_share=share).train()
+    batch = ToyShapes(PRESET.data).batch(range(16))
+    truth = model.tokenizer.tokenize(batch["image"]).indices[-1].flatten(1)  # (B, n)
+    seen, condition = [], model.condition
+    monkeypatch.setattr(model, "condition", lambda h, idx, frozen=False: seen.append(idx) or condition(h, idx, frozen))
+    torch.manual_seed(0)
+    model.loss(batch["image"], batch["caption"], head_only=True)
+    chosen = seen[0]
+    true_rows = (chosen == truth).all(1)  # a sampled token map of an untrained model is never all right
+    assert int(true_rows.sum()) == {0.0: 0, 1.0: 16}.get(share, int(true_rows.sum()))
+    if share == 0.5:  # both kinds of image in one batch (fixed seed)
+        assert 0 < int(true_rows.sum()) < 16
+        assert all((chosen[i] != truth[i]).float().mean() > 0.5 for i in range(16) if not true_rows[i])
+
+
+def test_true_token_share_is_validated():
+    from hart_mini.config import HeadConfig
+
+    with pytest.raises(ValueError, match="true_token_share"):
+        HeadConfig(true_token_share=1.5)

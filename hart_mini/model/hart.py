@@ -274,6 +274,9 @@ class HART(nn.Module):
                 # raise before the trainer sees the NaN loss and stops with its own message
                 drawn = torch.nan_to_num(logits[:, -truth.shape[1]:].detach().float(), nan=0.0)
                 chosen = sample(drawn, 0, 1.0, None, check=False) if self.head_cfg.sampled_tokens else truth
+                if self.head_cfg.sampled_tokens and self.head_cfg.true_token_share > 0:  # some images: the truth
+                    use_truth = torch.rand(truth.shape[0], 1, device=truth.device) < self.head_cfg.true_token_share
+                    chosen = torch.where(use_truth, truth, chosen)  # (B, n)
             z = self.condition(h_head, chosen, head_only)
             target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
         diff = diffusion_loss(self.head, (target / self.residual_scale).flatten(0, 1), z.flatten(0, 1),
