@@ -92,13 +92,13 @@ def residual_stats(model, real: dict, batch_size: int = 100) -> dict:
         x = real["image"][i:i + batch_size].to(device)
         f = model.tokenizer.encode(x)
         f_hat = model.tokenizer.quantizer.quantize(f)[1]  # the full discrete latent of the true tokens
-        cells.append((f - f_hat).permute(0, 2, 3, 1).flatten(0, 2).double())  # (B h w, C)
+        cells.append((f - f_hat).permute(0, 2, 3, 1).flatten(0, 2).cpu().double())  # (B h w, C); MPS has no fp64
     r = torch.cat(cells)
     centred = r - r.mean(0)
     sigma = centred.T @ centred / len(r)  # (C, C)
-    eye = torch.eye(len(sigma), dtype=sigma.dtype, device=sigma.device)
-    factor = torch.linalg.cholesky(sigma + 1e-10 * eye)  # jitter: a channel the residual never uses
-    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": factor.float()}
+    jitter = 1e-10 * torch.eye(len(sigma), dtype=sigma.dtype)  # a channel the residual never uses
+    factor = torch.linalg.cholesky(sigma + jitter)
+    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": factor.float().to(device)}
 
 
 def noise_control(f_hat: torch.Tensor, factor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
