@@ -732,8 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", choices=("scales", "head", "text"), default="scales",
                    help="scales: caption sensitivity per scale and forced coarse scales; head: head on / off / "
                         "noise control / true residual in free generation, with scales 1..K-1 true and with every "
-                        "token true; "
-                        "text: the likelihood test of two-object captions mirrored, swapped or changed")
+                        "token true; text: the likelihood test of two-object captions mirrored, swapped or changed")
     add_preset(p)
     p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
