@@ -129,6 +129,9 @@ def add_caption_options(p) -> None:
     p.add_argument("--text-position", choices=TEXT_POSITIONS, default=None,
                    help="how the caption encoder tells word order (default: the preset's, learned): see "
                         "TextEncoder in hart_mini/model/text.py")
+    p.add_argument("--text-depth", type=int, default=None,
+                   help="transformer blocks of the caption encoder (default: the preset's; 0: the word and position "
+                        "vectors go to the generator as they are, notebook 09 section 7)")
     p.add_argument("--two-objects", type=fraction, default=None,
                    help="share of training images with two objects and a relation (DataConfig.p_two_objects; "
                         "default: the preset's, 0.35); evaluation keeps the preset's held-out mix")
@@ -233,10 +236,11 @@ def cmd_train_tokenizer(args) -> dict:
 
 
 def caption_options(preset, args):
-    """The preset with --text-position (and HART's --scale-balance) applied to its transformer (HART and the
-    baseline share it), and --two-objects to its training data."""
-    changes = {k: v for k, v in (("text_position", args.text_position),
-                                 ("scale_balance", getattr(args, "scale_balance", None))) if v is not None}
+    """The preset with --text-position and --text-depth (and HART's --scale-balance and --layout-steps) applied to
+    its transformer (HART and the baseline share it), and --two-objects to its training data."""
+    changes = {k: v for k, v in (("text_position", args.text_position), ("text_depth", args.text_depth),
+                                 ("scale_balance", getattr(args, "scale_balance", None)),
+                                 ("layout_steps", getattr(args, "layout_steps", None))) if v is not None}
     preset = dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, **changes))
     if args.two_objects is not None:
         preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, p_two_objects=args.two_objects))
@@ -664,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-balance", type=fraction, default=None,
                    help="cross-entropy weight of a scale's tokens: 0 weighs every token alike (the preset's), 1 "
                         "gives every scale the same total weight (TransformerConfig.scale_balance)")
+    p.add_argument("--layout-steps", type=count(0), default=None,
+                   help="steps on the coarse scales alone (1x1..3x3) before the full training, where relations are "
+                        "learned (TransformerConfig.layout_steps; default: the preset's, 0)")
     p = training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
     add_caption_options(p)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,

@@ -132,6 +132,13 @@ class TransformerConfig:
     # Cross-entropy weight of a token of scale k, proportional to (pn_k^2)^-scale_balance and normalised to a
     # mean of 1 over the L tokens: 0 weighs every token alike (VAR), 1 gives every scale the same total weight.
     scale_balance: float = 0.0
+    # A layout stage (ours: VAR and HART have none; notebook 09, section 7): before the full training, HART
+    # trains this many steps on the first layout_scales scales alone (1x1..3x3: 14 of the cpu preset's 130
+    # tokens, several times cheaper a step), where the layout is decided. A relation ("left of") is learned
+    # only after thousands of such steps, too many at full length for a CPU budget. 0: none. The diffusion
+    # baseline has no scales and ignores both fields.
+    layout_steps: int = 0
+    layout_scales: int = 3
 
     def __post_init__(self):
         for name in ("width", "depth", "num_heads", "text_len"):
@@ -149,6 +156,10 @@ class TransformerConfig:
                 " or ".join(repr(t) for t in TEXT_POSITIONS))
         require(0.0 <= self.cond_dropout < 1.0, "cond_dropout", self.cond_dropout, "a number in [0, 1)")
         require(0.0 <= self.scale_balance <= 1.0, "scale_balance", self.scale_balance, "a number in [0, 1]")
+        require(_is_int(self.layout_steps) and self.layout_steps >= 0, "layout_steps", self.layout_steps,
+                "an integer >= 0")
+        require(_is_int(self.layout_scales) and self.layout_scales >= 1, "layout_scales", self.layout_scales,
+                "an integer >= 1")
 
 
 HEAD_MODES = ("off", "last", "full", "early")

@@ -575,9 +575,20 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
 
     meta = {**meta, "data": dataclasses.asdict(preset.data), "tokenizer_sha256": checkpoint.sha256(tok_path)}
     figures = checkpoint_figures(model, prompts, out, ("ce", "diff"))
-    result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss, cfg,
-                 out, meta, run, figures, name, tokens_per_sample, deadline)
+    layout_steps = getattr(model.cfg, "layout_steps", 0) if hasattr(model, "scales") else 0  # HART only
+    layout = None
+    if layout_steps:  # the layout stage first: the coarse scales alone
+        layout = _layout_stage(model, cfg, layout_steps, data, out, meta, run, deadline)
+    if layout is None or layout["finished"]:
+        result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss,
+                     cfg, out, meta, run, figures, name, tokens_per_sample, deadline)
+    else:  # the deadline stopped the layout stage: no full training at all
+        result = {**layout, "step": 0}
+    if layout is not None and layout["finished"]:
+        result = {**result, "seconds": result["seconds"] + layout["seconds"]}  # train_seconds: both stages
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
+    if layout is not None:
+        summary["layout_stage"] = {k: layout[k] for k in ("step", "seconds", "finished")}
     stage_steps = getattr(getattr(model, "head_cfg", None), "stage_steps", 0)
     if stage_steps and result["finished"]:  # the head stage: the head alone, on the final transformer
         stage = _head_stage(model, cfg, stage_steps, data, out, meta, run, device, deadline, tokens_per_sample)
@@ -595,6 +606,29 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
             runs.mark(out, "finished")
         summary["model"] = str(target)
     return summary
+
+
+def _layout_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict, run: RunOptions,
+                  deadline: float | None) -> dict:
+    """Train HART's transformer `steps` steps on its first layout_scales scales alone (HART.loss(layout=True)),
+    in OUT/layout_stage, before the full training starts from the weights it leaves: the same batches and
+    learning rate as the full training, its own warm-up and cosine decay, no weight average. Returns fit's
+    result.
+
+    Why: where the objects go is decided at 1x1..3x3, and a relation ("left of") is learned only after
+    thousands of steps there (notebook 09, section 7); a step that stops at 3x3 costs a fraction of a full one."""
+    stage_cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 4), ema=0.0,
+                                    checkpoint_every=min(cfg.checkpoint_every, steps),
+                                    log_every=min(cfg.log_every, steps))
+    tokens = model.cfg.text_len + model.transformer.starts[model.cfg.layout_scales] - 1
+    device = next(model.parameters()).device
+
+    def loss(batch: dict):
+        return model.loss(batch["image"].to(device, non_blocking=True), captions_of(batch, device), layout=True)
+
+    return fit(model, list(model.transformer.parameters()), toyshapes_batches(data, stage_cfg, model.text_tokenizer),
+               loss, stage_cfg, out / "layout_stage", {**meta, "stage": "layout"}, run, None, "HART layout stage",
+               tokens, deadline)
 
 
 def _head_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict, run: RunOptions,

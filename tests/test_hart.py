@@ -183,6 +183,58 @@ def test_the_head_stage_trains_the_head_alone_and_resumes_exactly(tmp_path):
     assert all(torch.equal(b[k], c[k]) for k in b), "the resumed staged run differs from the uninterrupted one"
 
 
+def _laid_out(steps=3, **changes):
+    return dataclasses.replace(PRESET.transformer, layout_steps=steps, **changes)
+
+
+def test_the_layout_loss_is_the_full_passes_cross_entropy_of_the_coarse_scales():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(_laid_out(), cond_dropout=0.0)  # no random caption drop: both passes alike
+    model = HART(cfg, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(), PRESET.head).train()
+    batch = ToyShapes(PRESET.data).batch(range(4))
+    loss, logs = model.loss(batch["image"], batch["caption"], layout=True)
+    loss.backward()
+    n = model.transformer.starts[cfg.layout_scales]  # 1 + 4 + 9 tokens
+    with torch.no_grad():  # block-causal: the coarse tokens' logits do not see the finer scales
+        indices, inputs, _ = model._targets(batch["image"])
+        ids, mask = model.encode_text(batch["caption"])
+        logits, _ = model.transformer(ids, mask, inputs, torch.zeros(4, dtype=torch.bool))
+        targets = torch.cat([i.flatten(1) for i in indices], dim=1)
+        full = torch.nn.functional.cross_entropy(logits[:, :n].transpose(1, 2), targets[:, :n])
+    assert n == 14 and "diff" not in logs
+    torch.testing.assert_close(loss.detach(), full, rtol=1e-5, atol=1e-5)
+    assert all(p.grad is None for p in model.head.parameters()), "the layout stage trains no head"
+    assert model.transformer.head.weight.grad is not None
+    with pytest.raises(ValueError, match="layout"):
+        model.loss(batch["image"], batch["caption"], head_only=True, layout=True)
+
+
+def test_layout_settings_are_validated():
+    with pytest.raises(ValueError, match="layout_steps"):
+        _laid_out(-1)
+    with pytest.raises(ValueError, match="layout_scales"):
+        HART(_laid_out(layout_scales=len(PRESET.tokenizer.scales)), HybridTokenizer(PRESET.tokenizer),
+             CaptionTokenizer.toyshapes())
+
+
+def test_the_layout_stage_runs_first_and_resumes_exactly(tmp_path):
+    tok = _tokenizer_file(tmp_path)
+    preset = dataclasses.replace(_short(), transformer=_laid_out(3))
+    whole = train_hart(preset, tmp_path / "whole", tok)
+    assert whole["layout_stage"] == {"step": 3, "seconds": whole["layout_stage"]["seconds"], "finished": True}
+    assert whole["step"] == preset.hart_train.steps and (tmp_path / "whole" / "layout_stage").is_dir()
+    assert checkpoint.load(tmp_path / "whole" / "hart.safetensors")[1]["transformer"]["layout_steps"] == 3
+    plain = train_hart(_short(), tmp_path / "plain", tok)
+    a, _ = checkpoint.load(tmp_path / "whole" / "hart.safetensors")
+    b, _ = checkpoint.load(tmp_path / "plain" / "hart.safetensors")
+    assert "layout_stage" not in plain and not torch.equal(a["transformer.head.weight"], b["transformer.head.weight"])
+    cut = train_hart(preset, tmp_path / "pieces", tok, RunOptions(max_minutes=0))  # stops inside the layout stage
+    assert cut["finished"] is False and cut["layout_stage"]["step"] == 1 and cut["step"] == 0
+    train_hart(preset, tmp_path / "pieces", tok, RunOptions(resume=True))
+    c, _ = checkpoint.load(tmp_path / "pieces" / "hart.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a), "the resumed run differs from the uninterrupted one"
+
+
 def test_head_only_loss_gives_no_gradient_to_the_transformer():
     model = _model("last").train()
     batch = ToyShapes(PRESET.data).batch(range(4))

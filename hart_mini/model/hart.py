@@ -142,6 +142,8 @@ class HART(nn.Module):
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         tok = tokenizer.cfg
         self.scales, self.K = tok.scales, len(tok.scales)
+        require(cfg.layout_steps == 0 or cfg.layout_scales < self.K, "layout_scales", cfg.layout_scales,
+                f"fewer than the tokenizer's {self.K} scales (a layout stage trains the coarse ones alone)")
         self.transformer = NextScaleTransformer(cfg, tok.scales, tok.latent_channels, tok.codebook_size,
                                                 text_tokenizer.vocab_size, text_tokenizer.article_id)
         if self.head_cfg.mode != "off":
@@ -238,17 +240,28 @@ class HART(nn.Module):
         return torch.randperm(n, device=device)[:kept].sort().values  # (kept,)
 
     def loss(self, images: torch.Tensor, captions: list[str] | tuple[torch.Tensor, torch.Tensor],
-             head_only: bool = False) -> tuple[torch.Tensor, dict]:
+             head_only: bool = False, layout: bool = False) -> tuple[torch.Tensor, dict]:
         """CE over the image tokens + lambda * diffusion loss of the head (if any). The logs are detached
         tensors: reading them back would stall a GPU, so the trainer does it only when it logs.
 
         head_only (the head stage, HeadConfig.stage_steps): the transformer runs without gradients and the
-        loss is the diffusion loss alone, so the head learns against the very transformer it samples with."""
+        loss is the diffusion loss alone, so the head learns against the very transformer it samples with.
+        layout (the layout stage, TransformerConfig.layout_steps): the CE of the first layout_scales scales
+        alone; the sequence stops there, so the step is much cheaper."""
         require(not (head_only and self.mode == "off"), "head_only", head_only, "False for a model without a head")
+        require(not (head_only and layout), "layout", layout, "False in the head stage")
         with torch.no_grad():
             indices, inputs, exact = self._targets(images, check_values=False)
         ids, mask = self.encode_text(captions)
         drop = caption_dropout(ids.shape[0], self.cfg.cond_dropout, ids.device)
+        if layout:
+            n = self.transformer.starts[self.cfg.layout_scales]  # tokens of scales 1..layout_scales
+            logits, _ = self.transformer(ids, mask, inputs[:, :n - 1], drop)  # (B, n, V)
+            targets = torch.cat([i.flatten(1) for i in indices[:self.cfg.layout_scales]], dim=1)  # (B, n)
+            weights = self.token_weights[:n]
+            ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, n)
+            ce = (ce * weights).mean() / weights.mean()
+            return ce, {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
         keep = self.kept_last_tokens(ids.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not head_only):
             logits, h = self.transformer(ids, mask, inputs, drop, keep)  # (B, L, V), (B, L, D); L shorter with keep
