@@ -129,7 +129,7 @@ def add_caption_options(p) -> None:
     p.add_argument("--text-position", choices=TEXT_POSITIONS, default=None,
                    help="how the caption encoder tells word order (default: the preset's, learned): see "
                         "TextEncoder in hart_mini/model/text.py")
-    p.add_argument("--text-depth", type=int, default=None,
+    p.add_argument("--text-depth", type=count(0), default=None,
                    help="transformer blocks of the caption encoder (default: the preset's; 0: the word and position "
                         "vectors go to the generator as they are, notebook 09 section 7)")
     p.add_argument("--two-objects", type=fraction, default=None,

@@ -559,9 +559,10 @@ def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device
 
 def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_path: Path, meta: dict,
                      run: RunOptions, device: torch.device, deadline: float | None, command: str,
-                     tokens_per_sample: int, data=None) -> dict:
+                     tokens_per_sample: int, data=None, layout_steps: int = 0) -> dict:
     """Shared by HART and the diffusion baseline: fit on ToyShapes, sample grids, save beside the tokenizer.
-    The model file is written even when the deadline stops the run early; then it says finished: false."""
+    The model file is written even when the deadline stops the run early; then it says finished: false.
+    layout_steps (HART only): a layout stage of that many steps first (_layout_stage)."""
     import shutil
 
     from hart_mini.model.data import ToyShapes
@@ -575,7 +576,6 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
 
     meta = {**meta, "data": dataclasses.asdict(preset.data), "tokenizer_sha256": checkpoint.sha256(tok_path)}
     figures = checkpoint_figures(model, prompts, out, ("ce", "diff"))
-    layout_steps = getattr(model.cfg, "layout_steps", 0) if hasattr(model, "scales") else 0  # HART only
     layout = None
     if layout_steps:  # the layout stage first: the coarse scales alone
         layout = _layout_stage(model, cfg, layout_steps, data, out, meta, run, deadline)
@@ -680,7 +680,7 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
             "head": dataclasses.asdict(head), "residual_scale": round(scale, 6)}
     tokens = preset.transformer.text_len + preset.tokenizer.num_tokens - 1
     return _train_generator(model, "HART", preset, preset.hart_train, Path(out), tok_path, meta, run, device,
-                            deadline, command, tokens, data)
+                            deadline, command, tokens, data, preset.transformer.layout_steps)
 
 
 @_clean_start("diffusion")
