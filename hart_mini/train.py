@@ -578,14 +578,14 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
     figures = checkpoint_figures(model, prompts, out, ("ce", "diff"))
     layout = None
     if layout_steps:  # the layout stage first: the coarse scales alone
-        layout = _layout_stage(model, cfg, layout_steps, data, out, meta, run, deadline)
+        layout = _layout_stage(model, cfg, layout_steps, data, out, meta, run, device, deadline)
     if layout is None or layout["finished"]:
         result = fit(model, model.trainable_parameters(), toyshapes_batches(data, cfg, model.text_tokenizer), loss,
                      cfg, out, meta, run, figures, name, tokens_per_sample, deadline)
+        if layout is not None:  # train_seconds: both stages
+            result = {**result, "seconds": result["seconds"] + layout["seconds"]}
     else:  # the deadline stopped the layout stage: no full training at all
         result = {**layout, "step": 0}
-    if layout is not None and layout["finished"]:
-        result = {**result, "seconds": result["seconds"] + layout["seconds"]}  # train_seconds: both stages
     summary = {k: result[k] for k in ("step", "seconds", "finished")}
     if layout is not None:
         summary["layout_stage"] = {k: layout[k] for k in ("step", "seconds", "finished")}
@@ -609,7 +609,7 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
 
 
 def _layout_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict, run: RunOptions,
-                  deadline: float | None) -> dict:
+                  device: torch.device, deadline: float | None) -> dict:
     """Train HART's transformer `steps` steps on its first layout_scales scales alone (HART.loss(layout=True)),
     in OUT/layout_stage, before the full training starts from the weights it leaves: the same batches and
     learning rate as the full training, its own warm-up, then a constant rate (no decay), no weight average.
@@ -623,7 +623,6 @@ def _layout_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: di
                                     checkpoint_every=min(cfg.checkpoint_every, steps),
                                     log_every=min(cfg.log_every, steps))
     tokens = model.cfg.text_len + model.transformer.starts[model.cfg.layout_scales] - 1
-    device = next(model.parameters()).device
 
     def loss(batch: dict):
         return model.loss(batch["image"].to(device, non_blocking=True), captions_of(batch, device), layout=True)

@@ -119,6 +119,13 @@ def last_kept_count(cfg: HeadConfig, n: int, u: torch.Tensor) -> int:
     return min(n, max(cfg.last_keep, round(n * (1 - float(share)))))
 
 
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean CE of logits (B, n, V) against targets (B, n), token j weighted by weights[j] (n,), normalised so
+    that equal weights give the plain mean."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, n)
+    return (ce * weights).mean() / weights.mean()
+
+
 def tokens_to_map(x: torch.Tensor, pn: int) -> torch.Tensor:
     """(B, pn*pn, C) -> (B, C, pn, pn)."""
     return x.transpose(1, 2).reshape(x.shape[0], -1, pn, pn)
@@ -258,9 +265,7 @@ class HART(nn.Module):
             n = self.transformer.starts[self.cfg.layout_scales]  # tokens of scales 1..layout_scales
             logits, _ = self.transformer(ids, mask, inputs[:, :n - 1], drop)  # (B, n, V)
             targets = torch.cat([i.flatten(1) for i in indices[:self.cfg.layout_scales]], dim=1)  # (B, n)
-            weights = self.token_weights[:n]
-            ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, n)
-            ce = (ce * weights).mean() / weights.mean()
+            ce = weighted_cross_entropy(logits, targets, self.token_weights[:n])
             return ce, {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
         keep = self.kept_last_tokens(ids.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not head_only):
@@ -273,8 +278,7 @@ class HART(nn.Module):
             weights = torch.cat([weights[:last], weights[last:][keep]])
             exact = exact[:, keep] if self.mode == "last" else exact
         scored = slice(0, last) if self.mode == "full" else slice(None)  # MAR-style: no tokens at the last scale
-        ce = F.cross_entropy(logits[:, scored].float().transpose(1, 2), targets[:, scored], reduction="none")  # (B, n)
-        ce = (ce * weights[scored]).mean() / weights[scored].mean()
+        ce = weighted_cross_entropy(logits[:, scored], targets[:, scored], weights[scored])
         logs = {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
         if self.mode == "off":
             return ce, logs
