@@ -415,15 +415,17 @@ def cmd_diagnose(args) -> dict:
 
     if args.figure and args.what == "text":
         raise ValueError("--figure draws the 'scales' and 'head' diagnoses; 'text' prints its table and JSON")
+    if args.model == "diffusion" and args.what != "text":
+        raise ValueError(f"--model diffusion is for 'diagnose text'; '{args.what}' reads HART's scales or head")
     output(args.json, "--json", args)
     output(args.figure, "--figure", args, IMAGE_SUFFIXES)
-    model, source = resolve("hart", args.ckpt, args.preset, args.device)
-    judge, _ = resolve("judge", args.judge, args.preset, args.device)
+    model, source = resolve(args.model, args.ckpt, args.preset, args.device)
     data = get_preset(args.preset).data
     if args.what == "text":
         result = {"model": source, **diagnose.text_probe(model, data, args.n)}
         print(diagnose.format_text_probe(result), file=sys.stderr)
         return emit(result, args.json)
+    judge, _ = resolve("judge", args.judge, args.preset, args.device)
     if args.what == "head":
         from hart_mini import diagnose_head
 
@@ -741,7 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "noise control / true residual in free generation, with scales 1..K-1 true and with every "
                         "token true; text: the likelihood test of two-object captions mirrored, swapped or changed")
     add_preset(p)
-    p.add_argument("--ckpt", type=Path, default=None, help="HART file or training folder (default: shipped)")
+    p.add_argument("--model", choices=("hart", "diffusion"), default="hart",
+                   help="text: the model to probe, HART (CE per scale) or the diffusion baseline (its denoising error)")
+    p.add_argument("--ckpt", type=Path, default=None, help="HART (or with --model diffusion, baseline) file or "
+                                                          "training folder (default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=count(1), default=500, help="held-out captions per measurement")
     p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for the samples")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hart_mini.model.data import COLOUR_NAMES, POSITIONS, RELATIONS, SHAPES, SIZES, TEXTURES, ToyShapes, parse_caption
+from hart_mini.model.text import text_condition
 
 OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -62,18 +63,47 @@ def scale_cross_entropy(model, images: torch.Tensor, captions: list[str]) -> tor
     return torch.stack([ce[:, starts[k]:starts[k + 1]].mean(1) for k in range(model.K)], dim=1)
 
 
+@torch.no_grad()
+def denoising_error(model, images: torch.Tensor, captions: list[str], draws: int = 8, seed: int = 0) -> torch.Tensor:
+    """The diffusion baseline's counterpart of scale_cross_entropy: each image's denoising error, (B, 1).
+
+        error = mean over j and latent elements of (v_model(x_t, t_j, caption) - v)^2,  x_t = noise(x0, eps_j, t_j)
+
+    at `draws` noise levels t_j spread evenly over the schedule. eps_j comes from a generator seeded with
+    `seed`, so two calls on the same images differ only by their captions (common random numbers): the
+    difference is the caption's effect, not sampling noise. The training loss is this error at random t; a
+    lower error under a caption means the model finds the image likelier under it (the diffusion bound is a
+    weighted sum of such errors over t)."""
+    model.eval()
+    x0 = model.tokenizer.encode(images) / model.latent_scale  # (B, C, h, w)
+    ids, mask = model.encode_text(captions)
+    drop = torch.zeros(len(captions), dtype=torch.bool, device=ids.device)
+    prefix = text_condition(model.text, model.text_proj, ids, mask, drop)
+    generator = torch.Generator().manual_seed(seed)
+    error = torch.zeros(len(captions), device=x0.device)
+    for j in range(draws):
+        t = torch.full((len(captions),), (2 * j + 1) * model.schedule.steps // (2 * draws), device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        target = model.schedule.target(x0, eps, t, model.diffusion.prediction)
+        v = model.denoise(model.schedule.noise(x0, t, eps), t, prefix)
+        error += (v.float() - target.float()).pow(2).mean((1, 2, 3)) / draws
+    return error[:, None]
+
+
 def paired_cross_entropy(model, data: ToyShapes, rows: list[tuple[int, str]], batch_size: int,
                          desc: str) -> tuple[torch.Tensor, torch.Tensor]:
     """For rows (image index, other caption): each image's per-scale CE (scale_cross_entropy) under its own
-    caption and under the other one, (N, K) each, on the CPU."""
+    caption and under the other one, (N, K) each, on the CPU. For a diffusion model, its denoising error
+    (denoising_error) instead, (N, 1) each."""
+    measure = scale_cross_entropy if hasattr(model, "scales") else denoising_error
     device = next(model.parameters()).device
     true_ce, other_ce = [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
         chunk = rows[start:start + batch_size]
         batch = data.batch([i for i, _ in chunk])
         images = batch["image"].to(device)
-        true_ce.append(scale_cross_entropy(model, images, batch["caption"]).cpu())
-        other_ce.append(scale_cross_entropy(model, images, [c for _, c in chunk]).cpu())
+        true_ce.append(measure(model, images, batch["caption"]).cpu())
+        other_ce.append(measure(model, images, [c for _, c in chunk]).cpu())
     return torch.cat(true_ce), torch.cat(other_ce)
 
 
@@ -181,7 +211,8 @@ def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
     """The likelihood test: for n held-out two-object images, the true tokens' cross-entropy under the true
     caption and under each edit of it. Per edit: the CE rise per scale (nats/token, with its SE), the rise
     over all tokens, and the share of images whose true caption explains their tokens better (lower CE over
-    all tokens; chance 0.5 for a model blind to the edit), with its binomial SE.
+    all tokens; chance 0.5 for a model blind to the edit), with its binomial SE. For the diffusion baseline
+    (a LatentDiffusion) the same, with its denoising error (denoising_error) in place of the CE: one column.
 
     A word-order-blind caption encoder scores 'colours swapped', 'shapes swapped' and 'relation mirrored'
     at chance: their words are the true caption's words in another order."""
@@ -199,8 +230,12 @@ def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
                 rows[edit].append((i, edited))
         if all(len(r) == n for r in rows.values()):
             break
-    sizes = torch.tensor([p * p for p in model.scales], dtype=torch.float64)  # tokens per scale
-    out = {"scales": list(model.scales), "edits": {}}
+    if hasattr(model, "scales"):  # HART: CE per scale, the scales weighted by their tokens
+        sizes = torch.tensor([p * p for p in model.scales], dtype=torch.float64)
+        out = {"scales": list(model.scales), "unit": "CE rise, nats/token", "edits": {}}
+    else:  # the diffusion baseline: one column, its denoising error
+        sizes = torch.ones(1, dtype=torch.float64)
+        out = {"columns": ["denoising"], "unit": "denoising error rise, per latent element", "edits": {}}
     for edit, picked in rows.items():
         t, e = (x.double() for x in paired_cross_entropy(model, data, picked, batch_size, f"text probe ({edit})"))
         diff = e - t
@@ -216,11 +251,11 @@ def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
 
 def format_text_probe(result: dict) -> str:
     """The probe as a table for people: one line per edit, the CE rise per scale, and who wins."""
-    scales = "".join(f"{f'{p}x{p}':>9}" for p in result["scales"])
-    lines = [f"{'edit':<19}{'n':>5}{scales}{'all tokens':>12}   true caption wins",
-             f"{'':<24}(CE rise, nats/token)"]
+    columns = result.get("columns") or [f"{p}x{p}" for p in result["scales"]]
+    lines = [f"{'edit':<19}{'n':>5}{''.join(f'{c:>11}' for c in columns)}{'all':>12}   true caption wins",
+             f"{'':<24}({result.get('unit', 'CE rise, nats/token')})"]
     for edit, r in result["edits"].items():
-        per = "".join(f"{v:>9.4f}" for v in r["sensitivity"])
+        per = "".join(f"{v:>11.4f}" for v in r["sensitivity"])
         lines.append(f"{edit:<19}{r['n']:>5}{per}{r['overall']:>12.5f}   {r['true_caption_wins']:.3f} "
                      f"± {r['true_caption_wins_se']:.3f}")
     return "\n".join(lines)

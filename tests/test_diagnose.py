@@ -208,6 +208,29 @@ def test_text_probe_is_at_chance_for_a_blind_model_and_sees_edits_a_reading_mode
     assert "true caption wins" in diagnose.format_text_probe(reading)
 
 
+def test_text_probe_reads_the_diffusion_baseline_by_its_denoising_error():
+    from hart_mini.model.baselines import LatentDiffusion
+
+    torch.manual_seed(0)
+    model = LatentDiffusion(PRESET.transformer, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(),
+                            PRESET.baseline).eval()
+    images = ToyShapes(PRESET.data).batch(range(4))
+    # common random numbers: the same images and captions give the same error, call after call
+    first = diagnose.denoising_error(model, images["image"], images["caption"])
+    again = diagnose.denoising_error(model, images["image"], images["caption"])
+    assert first.shape == (4, 1) and torch.equal(first, again)
+    blind = diagnose.text_probe(model, PRESET.data, n=6, batch_size=3)  # zero output layers at init: no caption read
+    assert blind["columns"] == ["denoising"] and "denoising" in blind["unit"]
+    for r in blind["edits"].values():
+        assert r["n"] == 6 and r["sensitivity"] == [0.0] and r["true_caption_wins"] == 0.0
+    with torch.no_grad():
+        for layer in (model.out, model.out_modulation[1], *(b.modulation[1] for b in model.blocks)):
+            layer.weight.normal_(0, 0.5)
+    reading = diagnose.text_probe(model, PRESET.data, n=6, batch_size=3)
+    assert abs(reading["edits"]["colour changed"]["overall"]) > 1e-4
+    assert "denoising" in diagnose.format_text_probe(reading)
+
+
 def test_diagnose_text_command_prints_the_probe_and_refuses_a_figure(tmp_path, capsys):
     out = tmp_path / "text.json"
     assert main(["diagnose", "text", "--preset", "smoke", "--n", "3", "--device", "cpu", "--json", str(out)]) == 0
@@ -215,3 +238,9 @@ def test_diagnose_text_command_prints_the_probe_and_refuses_a_figure(tmp_path, c
     assert result["edits"]["relation mirrored"]["n"] == 3 and "true caption wins" in capsys.readouterr().err
     assert main(["diagnose", "text", "--preset", "smoke", "--figure", str(tmp_path / "t.png")]) == 2
     assert "--figure" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+    assert main(["diagnose", "text", "--model", "diffusion", "--preset", "smoke", "--n", "3", "--device", "cpu",
+                 "--json", str(out), "--overwrite"]) == 0
+    result = json.loads(out.read_text())
+    assert "shipped diffusion" in result["model"] and result["columns"] == ["denoising"]
+    assert main(["diagnose", "scales", "--model", "diffusion", "--preset", "smoke"]) == 2
+    assert "--model diffusion" in capsys.readouterr().err
