@@ -90,12 +90,11 @@ def denoising_error(model, images: torch.Tensor, captions: list[str], draws: int
     return error[:, None]
 
 
-def paired_cross_entropy(model, data: ToyShapes, rows: list[tuple[int, str]], batch_size: int,
-                         desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+def paired_cross_entropy(model, data: ToyShapes, rows: list[tuple[int, str]], batch_size: int, desc: str,
+                         measure=scale_cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
     """For rows (image index, other caption): each image's per-scale CE (scale_cross_entropy) under its own
-    caption and under the other one, (N, K) each, on the CPU. For a diffusion model, its denoising error
-    (denoising_error) instead, (N, 1) each."""
-    measure = scale_cross_entropy if hasattr(model, "scales") else denoising_error
+    caption and under the other one, (N, K) each, on the CPU; or what `measure` gives instead (the diffusion
+    baseline's denoising_error, (N, 1) each)."""
     device = next(model.parameters()).device
     true_ce, other_ce = [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
@@ -231,13 +230,14 @@ def text_probe(model, data_config, n: int = 400, batch_size: int = 100) -> dict:
         if all(len(r) == n for r in rows.values()):
             break
     if hasattr(model, "scales"):  # HART: CE per scale, the scales weighted by their tokens
-        sizes = torch.tensor([p * p for p in model.scales], dtype=torch.float64)
+        measure, sizes = scale_cross_entropy, torch.tensor([p * p for p in model.scales], dtype=torch.float64)
         out = {"scales": list(model.scales), "unit": "CE rise, nats/token", "edits": {}}
     else:  # the diffusion baseline: one column, its denoising error
-        sizes = torch.ones(1, dtype=torch.float64)
+        measure, sizes = denoising_error, torch.ones(1, dtype=torch.float64)
         out = {"columns": ["denoising"], "unit": "denoising error rise, per latent element", "edits": {}}
     for edit, picked in rows.items():
-        t, e = (x.double() for x in paired_cross_entropy(model, data, picked, batch_size, f"text probe ({edit})"))
+        pair = paired_cross_entropy(model, data, picked, batch_size, f"text probe ({edit})", measure)
+        t, e = (x.double() for x in pair)
         diff = e - t
         overall = (diff * sizes).sum(1) / sizes.sum()  # (N,): the rise over all image tokens
         wins = float((overall > 0).double().mean())
