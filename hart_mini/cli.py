@@ -46,7 +46,7 @@ from hart_mini.arguments import (
     seed,
     share,
 )
-from hart_mini.config import HEAD_MODES, PRESET_NAMES, default_preset_name, get_preset
+from hart_mini.config import HEAD_CONDITIONS, HEAD_MODES, PRESET_NAMES, default_preset_name, get_preset
 from hart_mini.runs import IMAGE_SUFFIXES, JSON_SUFFIXES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -252,12 +252,24 @@ def cmd_train_hart(args) -> dict:
 
     mode = "off" if args.no_residual_head else args.mode
     preset = caption_options(get_preset(args.preset), args)
-    head = {k: v for k, v in (("stage_steps", args.head_stage_steps), ("true_token_share", args.true_token_share))
-            if v is not None}
+    head = {k: v for k, v in (("stage_steps", args.head_stage_steps), ("true_token_share", args.true_token_share),
+                              ("condition", args.head_condition)) if v is not None}
     preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, **head))
     if args.train_seed is not None:
         preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=args.train_seed))
     result = train_hart(preset, args.out, args.tokenizer, run_options(args, "hart"), command_line(), mode)
+    return emit({"preset": args.preset, "out": str(args.out), **result})
+
+
+def cmd_train_head(args) -> dict:
+    from hart_mini.train import train_head
+
+    preset = get_preset(args.preset)
+    head = {k: v for k, v in (("stage_steps", args.steps), ("condition", args.head_condition)) if v is not None}
+    preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, **head))
+    if args.train_seed is not None:
+        preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=args.train_seed))
+    result = train_head(preset, args.out, args.source, run_options(args, "hart"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -664,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--true-token-share", type=fraction, default=None,
                    help="share of training images whose head sees the true last-scale token instead of a sampled "
                         "one (HeadConfig.true_token_share; default: the preset's, 0 as HART)")
+    p.add_argument("--head-condition", choices=HEAD_CONDITIONS, default=None,
+                   help="what the head reads: hidden+token (HART's z) or none (the residuals' distribution alone; "
+                        "HeadConfig.condition, default: the preset's)")
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
     add_caption_options(p)
@@ -673,6 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout-steps", type=count(0), default=None,
                    help="steps on the coarse scales alone (1x1..3x3) before the full training, where relations are "
                         "learned (TransformerConfig.layout_steps; default: the preset's, 0)")
+    p = training(train, "head", "the head stage alone: a fresh residual head trained on a trained HART's frozen "
+                 "transformer (the preset's head: condition, tokens, steps)", cmd_train_head, on_tokenizer=False)
+    p.add_argument("--source", type=Path, required=True, help="the trained HART: a file or training folder")
+    p.add_argument("--steps", type=count(1), default=None,
+                   help="steps of the head stage (default: the preset's HeadConfig.stage_steps)")
+    p.add_argument("--head-condition", choices=HEAD_CONDITIONS, default=None,
+                   help="what the head reads: hidden+token (HART's z) or none (default: the preset's)")
+    p.add_argument("--train-seed", type=seed, default=None,
+                   help="seed of the fresh head and the batches, in [0, 2**32) (default: the preset's, 0)")
     p = training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)
     add_caption_options(p)
     p = training(train, "judge", "train the attribute classifier used by FD and prompt accuracy", cmd_train_judge,

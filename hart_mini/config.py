@@ -163,6 +163,7 @@ class TransformerConfig:
 
 
 HEAD_MODES = ("off", "last", "full", "early")
+HEAD_CONDITIONS = ("hidden+token", "none")
 
 # Classifier-free guidance beyond this only amplifies noise. The shipped cpu HART on 300 held-out prompts:
 # prompt accuracy 0.30 at cfg 3, 0.17 at 10, 0.08 at 20, 0.00 at 100 (FD 0.91, 1.54, 4.51, 25.2).
@@ -201,10 +202,17 @@ class HeadConfig:
     # at least last_keep tokens stay. 0 = off: every token trains.
     last_drop: float = 0.0
     last_keep: int = 32
-    # The head stage: after the joint training, this many steps train the head alone (transformer frozen, its
-    # final averaged weights), so that the head learns against the transformer it will sample with. 0 = off
-    # (HART: the head trains only jointly). Measured in notebook 07, section 5.
+    # The head stage: after the joint training, this many steps train a fresh head alone (transformer frozen,
+    # its final averaged weights), so that the head learns against the transformer it will sample with. 0 = off
+    # (HART: the head trains only jointly). With a stage, the joint training's head is HART's own (it reads z,
+    # from sampled tokens: its gradient shapes h), and condition, sampled_tokens and true_token_share are the
+    # stage's. Measured in notebook 07, section 5.
     stage_steps: int = 0
+    # What the head reads. hidden+token: HART's z = norm(h + word_embed(e(r_K))). none: nothing (its
+    # condition input is zero and frozen), so it draws from the distribution of the residuals alone. On the cpu
+    # models, with true tokens, every condition made the head's draws worse than none while its loss fell
+    # (notebook 07, section 5): the residual there is mostly unpredictable texture.
+    condition: str = "hidden+token"
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -230,6 +238,9 @@ class HeadConfig:
                 "an integer >= 0 (0 = no head stage)")
         require(self.stage_steps == 0 or self.mode in ("last", "full", "early"), "stage_steps", self.stage_steps,
                 f"0 with mode={self.mode!r} (a head stage needs a head)")
+        require(self.condition in HEAD_CONDITIONS, "condition", self.condition, f"one of {HEAD_CONDITIONS}")
+        require(self.condition == "hidden+token" or self.mode == "last", "condition", self.condition,
+                f"'hidden+token' with mode={self.mode!r} (only HART's last-scale head can read nothing)")
 
 
 @dataclass(frozen=True)
@@ -326,6 +337,10 @@ def _build(name: str) -> Preset:
             tokenizer_train=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=200),
             decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
             transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=2),
+            # The head that samples: trained 300 steps alone after the joint training, on the true last-scale
+            # tokens, reading nothing; 16 unguided DDIM steps (8 draw residuals 24 % too small), as many MLP
+            # passes as HART's 8 guided ones (notebook 07, section 5)
+            head=HeadConfig(condition="none", sampled_tokens=False, stage_steps=300, sampling_steps=16),
             hart_train=TrainConfig(steps=2800, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
                                    ema=0.995, weight_decay=0.05),
             judge_train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=500),

@@ -20,7 +20,8 @@ the head the size of what it adds, against the real residual:
     cosine               <d, f - f_hat> / (|d| |f - f_hat|)         1 = the right direction
 
 The head-on and head-off images of a seed share their tokens (the head draws after the last token), so
-their difference is the head's alone. Noise: FD's sd over sampling seeds, binomial SE of accuracies.
+their difference is the head's alone: per regime, the FD gain (head off - head on, seed by seed) with its sd
+over seeds, the noise a gain must beat. Noise otherwise: FD's sd over sampling seeds, binomial SE of accuracies.
 """
 
 from __future__ import annotations
@@ -151,6 +152,13 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                 cells[column] = {k: v for k, v in cell.items()
                                  if k in ("n", "fd", "fd_sd", "hf_ratio") or k.startswith(("prompt_accuracy",
                                                                                            "acc_texture"))}
+                cells[column]["fd_seeds"] = [round(r["fd"], 4) for r in per_seed]
+        # Head on and off share their tokens seed by seed, so their FD difference is paired: its sd over seeds
+        # is the noise a gain must beat (the columns' own sds also hold the tokens' seed-to-seed spread).
+        gains = [off["fd"] - on["fd"] for on, off in zip(rows["head_on"], rows["head_off"])]
+        mean = sum(gains) / len(gains)
+        sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) if len(gains) > 1 else 0.0
+        cells["fd_gain"], cells["fd_gain_sd"] = round(mean, 4), round(sd, 4)  # FD off - FD on: > 0 the head helps
         for name, values in head.items():
             if values:
                 mean = sum(values) / len(values)
@@ -174,7 +182,8 @@ def format_table(table: dict) -> str:
             lines.append(f"{regime:<7}{column:<15}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}"
                          f"{c['prompt_accuracy']:>9.3f} ±{c['prompt_accuracy_se']:.3f}"
                          f"{c['acc_texture']:>9.3f} ±{c['acc_texture_se']:.3f}{c['hf_ratio']:>10.3f}")
-        extra = f"        head rms {cells['head_rms']:.3f}"
+        extra = (f"        head rms {cells['head_rms']:.3f}, FD gain (off - on, paired) {cells['fd_gain']:.3f}"
+                 f" ±{cells['fd_gain_sd']:.3f}")
         if "head_cosine" in cells:
             extra += (f", size ratio |d|/|f - f_hat| {cells['head_size_ratio']:.2f}, "
                       f"cosine {cells['head_cosine']:.2f}")

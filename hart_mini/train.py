@@ -682,6 +682,51 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
                             deadline, command, tokens, data, preset.transformer.layout_steps)
 
 
+@_clean_start("hart")
+def train_head(preset, out: str | Path, source: str | Path, run: RunOptions | None = None, command: str = "") -> dict:
+    """The head stage alone, on a trained HART (a file or training folder): a fresh head, as preset.head
+    says (condition, tokens, stage_steps), trained on SOURCE's frozen transformer; writes OUT/hart.safetensors.
+    `train hart` with a head stage ends the same way: this reruns only its last part, e.g. to give a trained
+    transformer a new head (notebook 07, section 5)."""
+    import shutil
+
+    from hart_mini.model.data import ToyShapes
+    from hart_mini.model.diffusion import CosineSchedule
+    from hart_mini.model.hart import HART
+    from hart_mini.runtime import describe_device, world
+
+    run, device, deadline = _start(run)
+    source = Path(source) / "hart.safetensors" if Path(source).is_dir() else Path(source)
+    model = HART.from_file(source, device)
+    require(model.mode == "last", "source", str(source), f"a HART with the 'last' head (it has {model.mode!r})")
+    steps = preset.head.stage_steps
+    require(steps >= 1, "stage_steps", steps, f"at least 1 in preset {preset.name!r}'s head (train head runs it)")
+    tok_path = source.parent / model.meta["tokenizer_file"]
+    out = _prepare(out, "hart", run, preset, command, tok_path)
+    model.head_cfg = dataclasses.replace(preset.head, mode="last")
+    model.schedule = CosineSchedule(model.head_cfg.train_steps)
+    meta = {"kind": "hart-head-stage", "source_sha256": checkpoint.sha256(source),
+            "head": dataclasses.asdict(model.head_cfg), "data": dataclasses.asdict(preset.data)}
+    tokens = model.cfg.text_len + preset.tokenizer.num_tokens - 1
+    stage = _head_stage(model, preset.hart_train, steps, ToyShapes(preset.data, "train"), out, meta, run, device,
+                        deadline, tokens)
+    summary = {k: stage[k] for k in ("step", "seconds", "finished")}
+    if world()[0] == 0:
+        if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
+            shutil.copyfile(tok_path, out / "tokenizer.safetensors")
+        joint = model.meta.get("train_seconds")
+        model.save(out / "hart.safetensors", out / "tokenizer.safetensors",
+                   {"preset": preset.name, "command": command, "device": describe_device(device),
+                    "torch": torch.__version__, "source": str(source), "source_command": model.meta.get("command"),
+                    "head_stage_seconds": round(stage["seconds"], 1),
+                    "train_seconds": None if joint is None else round(joint + stage["seconds"], 1),
+                    "finished": stage["finished"], "steps_done": stage["step"], "steps_planned": steps})
+        if stage["finished"]:
+            runs.mark(out, "finished")
+        summary["model"] = str(out / "hart.safetensors")
+    return summary
+
+
 @_clean_start("diffusion")
 def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None, run: RunOptions | None = None,
                     command: str = "", data=None) -> dict:

@@ -109,6 +109,9 @@ def test_diagnose_head_gives_every_regime_and_column_with_shared_tokens():
         cells = table["regimes"][regime]
         assert set(diagnose_head.COLUMNS) <= set(cells) and -1 <= cells["head_cosine"] <= 1
         assert cells["head_size_ratio"] > 0 and cells["head_rms"] > 0
+    for cells in table["regimes"].values():  # the paired FD gain: off - on, seed by seed
+        gains = [off - on for on, off in zip(cells["head_on"]["fd_seeds"], cells["head_off"]["fd_seeds"])]
+        assert len(gains) == 2 and abs(cells["fd_gain"] - sum(gains) / 2) < 1e-3
     # with every token true, the head-off image is the tokenizer's discrete reconstruction, exactly
     real = diagnose_head.held_out(PRESET.data, 6)
     drawn = diagnose_head.draw_regime(model, real, "true", 3.0, seed=0, batch_size=3)
@@ -150,7 +153,7 @@ def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch
         z.shape[0] // (2 if guided else 1), z.shape[1], model.tokenizer.cfg.latent_channels))
     table = diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), batch_size=4)
     for cells in table["regimes"].values():
-        assert cells["head_rms"] == 0 and cells["head_on"]["fd"] == cells["head_off"]["fd"]
+        assert cells["head_rms"] == 0 and cells["head_on"]["fd"] == cells["head_off"]["fd"] and cells["fd_gain"] == 0
     assert table["regimes"]["true"]["head_cosine"] == 0
 
 

@@ -270,3 +270,63 @@ def test_true_token_share_is_validated():
 
     with pytest.raises(ValueError, match="true_token_share"):
         HeadConfig(true_token_share=1.5)
+
+
+def test_a_head_that_reads_nothing_ignores_z_and_its_condition_weights_never_train():
+    model = _model("last", condition="none", sampled_tokens=False).train()
+    weight = model.head.cond_embed.weight
+    assert not weight.requires_grad and torch.count_nonzero(weight) == 0
+    params = [p for p in [*model.head.parameters(), *model.cond_norm.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    batch = ToyShapes(PRESET.data).batch(range(4))
+    for _ in range(3):
+        loss, _ = model.loss(batch["image"], batch["caption"], head_only=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert weight.grad is None and torch.count_nonzero(weight) == 0
+    x, t = torch.randn(5, PRESET.tokenizer.latent_channels), torch.randint(0, 1000, (5,))
+    z1, z2 = torch.randn(5, PRESET.transformer.width), torch.randn(5, PRESET.transformer.width)
+    assert torch.equal(model.head(x, t, z1), model.head(x, t, z2))
+    with pytest.raises(ValueError, match="condition"):
+        _model("full", condition="none")
+
+
+def test_with_a_stage_the_joint_head_is_harts_and_the_stage_trains_the_configured_one():
+    model = _model("last", condition="none", sampled_tokens=False, stage_steps=3)
+    assert model.head.cond_embed.weight.requires_grad, "the joint training's head reads z (its gradient shapes h)"
+    assert model.true_token_share(head_only=False) == 0.0 and model.true_token_share(head_only=True) == 1.0
+    model.reset_head()  # what the stage starts from
+    assert not model.head.cond_embed.weight.requires_grad
+    assert _model("last", sampled_tokens=False).true_token_share(head_only=False) == 1.0  # no stage: the config
+
+
+def test_a_head_that_reads_nothing_samples_once_unguided():
+    model = _model("last", condition="none").eval()
+    rows, forward = [], model.head.forward
+    model.head.forward = lambda x, t, z: rows.append(len(x)) or forward(x, t, z)
+    out = model.sample_latent(["a red circle", "a blue square"], cfg_scale=3.0, sampling_steps=2, seed=0)
+    n = model.scales[-1] ** 2
+    assert rows == [2 * n, 2 * n], "one unguided pass per step over the B images' tokens"
+    assert out["path"] == "continuous" and not torch.equal(out["latent"], out["f_hat"])
+
+
+def test_train_head_gives_a_trained_hart_a_fresh_head_and_keeps_its_transformer(tmp_path):
+    from hart_mini.train import train_head
+
+    tok = _tokenizer_file(tmp_path)
+    joint = _short()
+    train_hart(joint, tmp_path / "joint", tok)
+    blind = dataclasses.replace(joint, head=dataclasses.replace(joint.head, stage_steps=3, condition="none",
+                                                                sampled_tokens=False))
+    result = train_head(blind, tmp_path / "head", tmp_path / "joint")
+    assert result["step"] == 3 and result["finished"]
+    a, _ = checkpoint.load(tmp_path / "joint" / "hart.safetensors")
+    b, meta = checkpoint.load(tmp_path / "head" / "hart.safetensors")
+    head = [k for k in a if k.startswith(("head.", "cond_norm."))]
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in head), "the head stage moved the transformer"
+    assert meta["head"]["condition"] == "none" and meta["head_stage_seconds"] >= 0
+    loaded = HART.from_file(tmp_path / "head" / "hart.safetensors")
+    assert not loaded.head.cond_embed.weight.requires_grad and torch.count_nonzero(loaded.head.cond_embed.weight) == 0
+    with pytest.raises(ValueError, match="stage_steps"):
+        train_head(joint, tmp_path / "none", tmp_path / "joint")

@@ -159,12 +159,15 @@ class ResBlock(nn.Module):
 class MLPHead(nn.Module):
     """MAR's SimpleMLPAdaLN: (x_t (N, C), t (N,), z (N, D)) -> eps or v (N, C). Outputs zero at init."""
 
-    def __init__(self, cfg: HeadConfig, latent_channels: int, cond_width: int):
+    def __init__(self, cfg: HeadConfig, latent_channels: int, cond_width: int, reads_condition: bool = True):
         super().__init__()
         W = cfg.width
         self.freq_dim = cfg.freq_dim
         self.time_embed = nn.Sequential(nn.Linear(cfg.freq_dim, W), nn.SiLU(), nn.Linear(W, W))
         self.cond_embed = nn.Linear(cond_width, W)
+        if not reads_condition:  # HeadConfig.condition 'none': z meets zero weights that never train
+            nn.init.zeros_(self.cond_embed.weight)
+            self.cond_embed.weight.requires_grad_(False)
         self.input_proj = nn.Linear(latent_channels, W)
         self.blocks = nn.ModuleList(ResBlock(W) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(W, elementwise_affine=False)

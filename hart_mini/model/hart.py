@@ -14,6 +14,10 @@ through the KV cache, then for k = 1..K, on one doubled batch [cond; uncond]
 then at the last scale the head draws d from z = norm(h_K + word_embed(e(r_K))) in `sampling_steps` steps
 (the same guidance, shared noise), and the decoder reads the continuous latent f_hat_{<K} + e(r_K) + d.
 
+HeadConfig.condition 'none' (the cpu preset's, after notebook 07, section 5) keeps every line above, but the
+head's weights on z are zero and frozen: it draws from the distribution of the residuals alone, trained on
+the true last-scale tokens in a head stage after the joint training, and runs once, unguided.
+
 head.mode selects the ablations of notebook 09: off (discrete only), last (HART), full (MAR-style: the head
 draws the whole last-scale latent from h alone), early (the head corrects every scale; its output feeds
 the next scale's input). The modes 'full' and 'early', and the no-cache reference the KV cache is tested
@@ -154,7 +158,7 @@ class HART(nn.Module):
         self.transformer = NextScaleTransformer(cfg, tok.scales, tok.latent_channels, tok.codebook_size,
                                                 text_tokenizer.vocab_size, text_tokenizer.article_id)
         if self.head_cfg.mode != "off":
-            self.reset_head()
+            self.reset_head(final=self.head_cfg.stage_steps == 0)
             self.schedule = CosineSchedule(self.head_cfg.train_steps)
         # CE weight of each image token (L,): (pn_k^2)^-scale_balance, mean 1 (see TransformerConfig)
         sizes = torch.cat([torch.full((p * p,), float(p * p)) for p in self.scales])
@@ -164,11 +168,15 @@ class HART(nn.Module):
         # have unit variance; it is saved with the weights.
         self.register_buffer("residual_scale", torch.ones(()))
 
-    def reset_head(self) -> None:
-        """A fresh, untrained head and condition norm, z = norm(h + word_embed(e(r))) (the head stage starts
-        from one: notebook 07, section 5)."""
+    def reset_head(self, final: bool = True) -> None:
+        """A fresh, untrained head and condition norm, z = norm(h + word_embed(e(r))). final: the head that
+        samples, which reads z or nothing (HeadConfig.condition); not final: the joint training's head when a
+        head stage follows, HART's own, which reads z whatever the config says (its gradient shapes h). The
+        stage starts from a fresh final head (notebook 07, section 5)."""
         device = self.transformer.word_embed.weight.device  # built before the head, on the model's device
-        self.head = MLPHead(self.head_cfg, self.tokenizer.cfg.latent_channels, self.cfg.width).to(device)
+        blind = final and self.head_cfg.condition == "none"
+        self.head = MLPHead(self.head_cfg, self.tokenizer.cfg.latent_channels, self.cfg.width,
+                            reads_condition=not blind).to(device)
         self.cond_norm = nn.LayerNorm(self.cfg.width).to(device)
 
     @property
@@ -246,6 +254,14 @@ class HART(nn.Module):
         kept = last_kept_count(self.head_cfg, n, torch.rand(()))  # drawn on the CPU: no GPU sync
         return torch.randperm(n, device=device)[:kept].sort().values  # (kept,)
 
+    def true_token_share(self, head_only: bool) -> float:
+        """The share of images whose head reads the true last-scale token, not one drawn from the logits.
+        With a head stage, the joint training's head is HART's (0: always drawn) and the config is the stage's."""
+        cfg = self.head_cfg
+        if cfg.stage_steps and not head_only:
+            return 0.0
+        return cfg.true_token_share if cfg.sampled_tokens else 1.0
+
     def loss(self, images: torch.Tensor, captions: list[str] | tuple[torch.Tensor, torch.Tensor],
              head_only: bool = False, layout: bool = False) -> tuple[torch.Tensor, dict]:
         """CE over the image tokens + lambda * diffusion loss of the head (if any). The logs are detached
@@ -287,12 +303,13 @@ class HART(nn.Module):
         if self.mode == "full":
             z, target = self.condition(h_head, None, head_only), exact
         else:
+            share = self.true_token_share(head_only)
             with torch.no_grad():  # NaN logits (a diverged run) become finite here, so that sampling does not
                 # raise before the trainer sees the NaN loss and stops with its own message
                 drawn = torch.nan_to_num(logits[:, -truth.shape[1]:].detach().float(), nan=0.0)
-                chosen = sample(drawn, 0, 1.0, None, check=False) if self.head_cfg.sampled_tokens else truth
-                if self.head_cfg.sampled_tokens and self.head_cfg.true_token_share > 0:  # some images: the truth
-                    use_truth = torch.rand(truth.shape[0], 1, device=truth.device) < self.head_cfg.true_token_share
+                chosen = sample(drawn, 0, 1.0, None, check=False) if share < 1 else truth
+                if 0 < share < 1:  # some images: the truth
+                    use_truth = torch.rand(truth.shape[0], 1, device=truth.device) < share
                     chosen = torch.where(use_truth, truth, chosen)  # (B, n)
             z = self.condition(h_head, chosen, head_only)
             target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
@@ -391,8 +408,11 @@ class HART(nn.Module):
             f_before, f_hat = f_hat, f_hat + q.contribution(r.view(B, pn, pn), k)  # f_hat += phi_k(up(e(r_k)))
         latent = f_hat
         if head:  # the last scale (no phi) turns continuous: f_hat_{<K} + (e(r_K) + d), d drawn by the head
-            z = self.condition(h, both_branches(r, guided))  # norm(h + word_embed(e(r_K))), (B', pn^2, D)
-            d = self._head_sample(z, guidance_scale(cfg_scale, K - 1, K), guided, steps, generator)  # (B, pn^2, C)
+            # A head that reads nothing (HeadConfig.condition 'none') would draw the same from both halves:
+            # it runs once, unguided.
+            head_guided = guided and self.head_cfg.condition != "none"
+            z = self.condition(h if head_guided else h[:B], both_branches(r, head_guided))  # (B', pn^2, D)
+            d = self._head_sample(z, guidance_scale(cfg_scale, K - 1, K), head_guided, steps, generator)  # (B, pn^2, C)
             latent = f_before + tokens_to_map(q.codebook(r) + d, pn)
         return {"indices": indices, "f_hat": f_hat, "latent": latent, "path": "continuous" if head else "discrete",
                 "logits": raw_logits, "h": h[:B]}
@@ -427,6 +447,8 @@ class HART(nn.Module):
         cfg = checkpoint.config_from(TransformerConfig, meta, "transformer", path)
         head = checkpoint.config_from(HeadConfig, meta, "head", path)
         model = cls(cfg, HybridTokenizer.beside(path, meta), CaptionTokenizer.from_dict(meta["text"]), head)
+        if head.mode != "off" and head.stage_steps:
+            model.reset_head()  # the head that samples, not the joint training's (a file holds the stage's)
         own = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
         checkpoint.load_module(model, {**own, **tensors}, str(path))
         model.meta = meta
