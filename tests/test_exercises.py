@@ -18,6 +18,7 @@ offline) and its 16 validation images for the losses, its trained head for the h
 more test, a random smoke-size head), its 8 prompts and the notebooks' knobs for the sampling loops.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -923,11 +924,12 @@ def _loop(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0, style="plain
         c, u = hart.head(torch.cat([x_t, x_t]), torch.cat([step, step]), z).chunk(2)
         return c + t * (c - u) if style == "reordered sums" else (1 + t) * c - t * u
 
+    steps = 8 if mistake == "HART's 8 head steps, not the model's" else hart.head_cfg.sampling_steps
     if style == "package helpers":
-        d = diffusion_sample(head, (B * pn * pn, C), hart.schedule, hart.head_cfg.sampling_steps,
+        d = diffusion_sample(head, (B * pn * pn, C), hart.schedule, steps,
                              hart.head_cfg.prediction, hart.head_cfg.sampler, head_generator)
     else:
-        d = _head_sampler(head, (B * pn * pn, C), hart.schedule, hart.head_cfg.sampling_steps,
+        d = _head_sampler(head, (B * pn * pn, C), hart.schedule, steps,
                           hart.head_cfg.prediction, hart.head_cfg.sampler, head_generator)
     d = d.view(B, pn * pn, C)
     if mistake != "residual_scale forgotten":
@@ -960,9 +962,9 @@ def build_08_1():
     given = {"hart": _shipped(), "prompts": PROMPTS, "cfg_scale": 3.0, "top_k": 100, "top_p": 0.95, "seed": 0}
     right = {style: _loop_fn(style=style) for style in LOOP_STYLES}
     wrong = {mistake: _loop_fn(mistake=mistake)
-             for mistake in ("no guidance ramp", "ramp over K, not K - 1", "no top-k / top-p", "head without guidance",
-                             "phi at the last scale", "residual_scale forgotten", "tokens from the global RNG",
-                             "images left in [-1, 1]")}
+             for mistake in ("no guidance ramp", "ramp over K, not K - 1", "no top-k / top-p",
+                             "HART's 8 head steps, not the model's", "phi at the last scale",
+                             "residual_scale forgotten", "tokens from the global RNG", "images left in [-1, 1]")}
     return given, right, wrong
 
 
@@ -1106,7 +1108,7 @@ def build_12_7():
     given = {"hart": _shipped(), "prompts": PROMPTS, "seed": 0}
     right = {style: _loop_fn(style=style) for style in LOOP_STYLES}
     wrong = {mistake: _loop_fn(mistake=mistake)
-             for mistake in ("no guidance ramp", "head without guidance", "phi at the last scale",
+             for mistake in ("no guidance ramp", "HART's 8 head steps, not the model's", "phi at the last scale",
                              "residual_scale forgotten", "tokens from the global RNG",
                              "images left in [-1, 1]")}
     return given, right, wrong
@@ -1205,7 +1207,7 @@ def test_the_head_checks_hold_on_a_random_smoke_size_head_too(key):
 @pytest.mark.parametrize(("key", "mistake", "stage"), [
     ("08.1", "no guidance ramp", "'tokens 1x1'"),  # t_1 = cfg, not 0: the very first draw differs
     ("08.1", "ramp over K, not K - 1", "'tokens (?!1x1)"),  # t_1 = 0 is right: a later scale is the first wrong
-    ("08.1", "head without guidance", "'latent'"),  # every token right, the head's residual not
+    ("08.1", "HART's 8 head steps, not the model's", "'latent'"),  # every token right, the head's residual not
     ("12.7", "residual_scale forgotten", "'latent'"),
     ("12.7", "images left in [-1, 1]", "'image'"),  # every token and the latent right
 ])
@@ -1320,3 +1322,21 @@ def test_notebook_exercises_match_the_course_answer_key():
             for s in checkers for k in CHECK_CALL.findall(s)}
     assert keys == set(EXERCISES)
 
+
+
+def test_a_loop_without_head_guidance_fails_against_a_head_that_reads_its_condition():
+    # The shipped cpu head reads nothing, so guiding it changes nothing (both halves draw alike) and the
+    # notebooks' check cannot see that mistake; against HART's head, which reads z, it must fail.
+    from hart_mini import pretrained
+
+    hart = pretrained.load("hart", "cpu")  # its own copy: _shipped() is shared
+    hart.head_cfg = dataclasses.replace(hart.head_cfg, condition="hidden+token")
+    torch.manual_seed(0)
+    hart.reset_head()
+    with torch.no_grad():
+        for p in hart.head.parameters():
+            p.normal_(0, 0.1)
+    given = {"hart": hart, "prompts": PROMPTS[:2], "cfg_scale": 3.0, "seed": 0}
+    check_answer("08.1", _loop_fn(style="plain"), **given)
+    with pytest.raises(CheckFailed, match="'latent'"):
+        check_answer("08.1", _loop_fn(mistake="head without guidance"), **given)
