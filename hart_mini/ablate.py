@@ -148,7 +148,7 @@ def variant_folder(preset, name: str, mode: str, tokenizer: Path | None) -> str:
     tokenizer = tokenizer or pretrained.path("tokenizer", preset.shipped)
     tok = tokenizer / "tokenizer.safetensors" if tokenizer.is_dir() else tokenizer
     recipe = {"transformer": dataclasses.asdict(preset.transformer), "train": dataclasses.asdict(preset.hart_train),
-              "head": dataclasses.asdict(dataclasses.replace(preset.head, mode=mode)),
+              "head": dataclasses.asdict(preset.head.for_mode(mode)),
               "data": dataclasses.asdict(preset.data), "tokenizer": checkpoint.sha256(tok)}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
     return f"{name}_seed{preset.hart_train.seed}_{preset.name}_{digest}"

@@ -242,6 +242,19 @@ class HeadConfig:
         require(self.condition == "hidden+token" or self.mode == "last", "condition", self.condition,
                 f"'hidden+token' with mode={self.mode!r} (only HART's last-scale head can read nothing)")
 
+    def for_mode(self, mode: str) -> HeadConfig:
+        """This head with another mode (the ablations' variants), the fields that mode cannot use set back to
+        their defaults: no head stage without a head, HART's condition and no token subsampling for the
+        'full' and 'early' heads."""
+        changes: dict = {"mode": mode}
+        if mode != "last":
+            changes["condition"] = "hidden+token"
+        if mode == "off":
+            changes["stage_steps"] = 0
+        if mode in ("full", "early"):
+            changes["last_drop"] = 0.0
+        return dataclasses.replace(self, **changes)
+
 
 @dataclass(frozen=True)
 class BaselineConfig:
@@ -340,7 +353,7 @@ def _build(name: str) -> Preset:
             # The head that samples: trained 300 steps alone after the joint training, on the true last-scale
             # tokens, reading nothing; 16 unguided DDIM steps (8 draw residuals 24 % too small), as many MLP
             # passes as HART's 8 guided ones (notebook 07, section 5)
-            head=HeadConfig(condition="none", sampled_tokens=False, stage_steps=300, sampling_steps=16),
+            head=HeadConfig(condition="none", true_token_share=1.0, stage_steps=300, sampling_steps=16),
             hart_train=TrainConfig(steps=2800, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
                                    ema=0.995, weight_decay=0.05),
             judge_train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=500),

@@ -75,7 +75,7 @@ def stage_model(name: str, preset, device: torch.device, tokenizer=None):
     if name == "diffusion":
         model = LatentDiffusion(preset.transformer, tokenizer, text, preset.baseline).to(device)
     else:
-        head = preset.head if name == "hart" else dataclasses.replace(preset.head, mode="off")
+        head = preset.head if name == "hart" else preset.head.for_mode("off")
         model = HART(preset.transformer, tokenizer, text, head).to(device)
     return model, model.trainable_parameters(), lambda b: model.loss(b["image"], (b["ids"], b["mask"]))
 

@@ -182,8 +182,9 @@ def format_table(table: dict) -> str:
             lines.append(f"{regime:<7}{column:<15}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}"
                          f"{c['prompt_accuracy']:>9.3f} ±{c['prompt_accuracy_se']:.3f}"
                          f"{c['acc_texture']:>9.3f} ±{c['acc_texture_se']:.3f}{c['hf_ratio']:>10.3f}")
-        extra = (f"        head rms {cells['head_rms']:.3f}, FD gain (off - on, paired) {cells['fd_gain']:.3f}"
-                 f" ±{cells['fd_gain_sd']:.3f}")
+        extra = f"        head rms {cells['head_rms']:.3f}"
+        if "fd_gain" in cells:  # tables written before the paired gain was stored lack it
+            extra += f", FD gain (off - on, paired) {cells['fd_gain']:.3f} ±{cells['fd_gain_sd']:.3f}"
         if "head_cosine" in cells:
             extra += (f", size ratio |d|/|f - f_hat| {cells['head_size_ratio']:.2f}, "
                       f"cosine {cells['head_cosine']:.2f}")

@@ -671,7 +671,7 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
     run, device, deadline = _start(run)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
     out = _prepare(out, "hart", run, preset, command, tok_path)
-    head = preset.head if mode is None else dataclasses.replace(preset.head, mode=mode)
+    head = preset.head if mode is None else preset.head.for_mode(mode)
     torch.manual_seed(preset.hart_train.seed)  # the initial weights, so that every run starts alike
     model = HART(preset.transformer, tok, CaptionTokenizer.toyshapes(preset.transformer.text_len), head).to(device)
     scale = model.measure_residual_scale(ToyShapes(preset.data, "val").batch(range(256))["image"].to(device))
@@ -703,7 +703,7 @@ def train_head(preset, out: str | Path, source: str | Path, run: RunOptions | No
     require(steps >= 1, "stage_steps", steps, f"at least 1 in preset {preset.name!r}'s head (train head runs it)")
     tok_path = source.parent / model.meta["tokenizer_file"]
     out = _prepare(out, "hart", run, preset, command, tok_path)
-    model.head_cfg = dataclasses.replace(preset.head, mode="last")
+    model.head_cfg = preset.head.for_mode("last")
     model.schedule = CosineSchedule(model.head_cfg.train_steps)
     meta = {"kind": "hart-head-stage", "source_sha256": checkpoint.sha256(source),
             "head": dataclasses.asdict(model.head_cfg), "data": dataclasses.asdict(preset.data)}

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,9 @@ def test_demo_runs_as_a_module_with_the_shipped_model(tmp_path):
                            "--device", "cpu"], capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout)
     assert result["out"] == str(out) and out.is_file()
-    assert len(result["prompts"]) == 8 and result["cfg"] == 3.0 and result["head_steps"] == 8
+    shipped = json.loads((Path(__file__).parents[1] / "data" / "manifest.json").read_text())["models"]["hart_cpu"]
+    assert len(result["prompts"]) == 8 and result["cfg"] == 3.0
+    assert result["head_steps"] == shipped["config"]["head"]["sampling_steps"]  # the shipped head's own default
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):

@@ -35,3 +35,15 @@ def test_bad_values_name_field_value_and_what_is_valid(kwargs, message):
 def test_unknown_preset_name():
     with pytest.raises(ValueError, match="preset='huge' is invalid"):
         get_preset("huge")
+
+
+def test_a_heads_variant_for_another_mode_drops_what_that_mode_cannot_use():
+    import dataclasses
+
+    head = get_preset("cpu").head  # a head stage and a head that reads nothing
+    with pytest.raises(ValueError, match="stage_steps"):
+        dataclasses.replace(head, mode="off")
+    off = head.for_mode("off")
+    assert off.mode == "off" and off.stage_steps == 0 and off.condition == "hidden+token"
+    assert head.for_mode("full").condition == "hidden+token" and head.for_mode("last") == head
+    assert get_preset("gpu").head.for_mode("early").last_drop == 0.0

@@ -76,7 +76,7 @@ def loss_setting(model, head: bool):
         weights = sizes.pow(-0.5)
         m.token_weights = (weights / weights.mean()).to(m.token_weights.device)
     if not head:
-        m.head_cfg = dataclasses.replace(m.head_cfg, mode="off")
+        m.head_cfg = m.head_cfg.for_mode("off")
     elif m.head_cfg.loss_weight == 1:
         m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
     m.zero_grad(set_to_none=True)

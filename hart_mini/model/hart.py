@@ -448,7 +448,8 @@ class HART(nn.Module):
         head = checkpoint.config_from(HeadConfig, meta, "head", path)
         model = cls(cfg, HybridTokenizer.beside(path, meta), CaptionTokenizer.from_dict(meta["text"]), head)
         if head.mode != "off" and head.stage_steps:
-            model.reset_head()  # the head that samples, not the joint training's (a file holds the stage's)
+            with torch.random.fork_rng(devices=[]):  # its weights are loaded below: leave the caller's RNG alone
+                model.reset_head()  # the head that samples, not the joint training's (a file holds the stage's)
         own = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
         checkpoint.load_module(model, {**own, **tensors}, str(path))
         model.meta = meta
