@@ -700,7 +700,7 @@ def train_head(preset, out: str | Path, source: str | Path, run: RunOptions | No
     model = HART.from_file(source, device)
     require(model.mode == "last", "source", str(source), f"a HART with the 'last' head (it has {model.mode!r})")
     steps = preset.head.stage_steps
-    require(steps >= 1, "stage_steps", steps, f"at least 1 in preset {preset.name!r}'s head (train head runs it)")
+    require(steps >= 1, "stage_steps", steps, f"at least 1 (preset {preset.name!r}'s head has no stage: pass --steps)")
     tok_path = source.parent / model.meta["tokenizer_file"]
     out = _prepare(out, "hart", run, preset, command, tok_path)
     model.head_cfg = preset.head.for_mode("last")
