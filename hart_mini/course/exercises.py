@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -79,6 +80,14 @@ def loss_setting(model, head: bool):
         m.head_cfg = m.head_cfg.for_mode("off")
     elif m.head_cfg.loss_weight == 1:
         m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
+    if head and m.head_cfg.mode == "last" and not m.head.cond_embed.weight.requires_grad:
+        # The shipped cpu head reads nothing (its weights on z are zero and frozen): give it HART's recipe
+        # and small fixed weights on z, so that a loss that conditions on the wrong token or detaches z shows.
+        m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", stage_steps=0, sampled_tokens=True,
+                                         true_token_share=0.0)
+        weight = m.head.cond_embed.weight
+        drawn = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.02
+        m.head.cond_embed.weight = nn.Parameter(drawn.to(weight.device, weight.dtype))
     m.zero_grad(set_to_none=True)
     return m
 
