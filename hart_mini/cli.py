@@ -247,16 +247,22 @@ def caption_options(preset, args):
     return preset
 
 
+def head_options(preset, train_seed: int | None, **head):
+    """The preset with the head fields given (None: the preset's) and the HART training seed, if given."""
+    head = {k: v for k, v in head.items() if v is not None}
+    preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, **head))
+    if train_seed is not None:
+        preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=train_seed))
+    return preset
+
+
 def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
-    preset = caption_options(get_preset(args.preset), args)
-    head = {k: v for k, v in (("stage_steps", args.head_stage_steps), ("true_token_share", args.true_token_share),
-                              ("condition", args.head_condition)) if v is not None}
-    preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, **head))
-    if args.train_seed is not None:
-        preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=args.train_seed))
+    preset = head_options(caption_options(get_preset(args.preset), args), args.train_seed,
+                          stage_steps=args.head_stage_steps, true_token_share=args.true_token_share,
+                          condition=args.head_condition)
     result = train_hart(preset, args.out, args.tokenizer, run_options(args, "hart"), command_line(), mode)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
@@ -264,11 +270,8 @@ def cmd_train_hart(args) -> dict:
 def cmd_train_head(args) -> dict:
     from hart_mini.train import train_head
 
-    preset = get_preset(args.preset)
-    head = {k: v for k, v in (("stage_steps", args.steps), ("condition", args.head_condition)) if v is not None}
-    preset = dataclasses.replace(preset, head=dataclasses.replace(preset.head, **head))
-    if args.train_seed is not None:
-        preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, seed=args.train_seed))
+    preset = head_options(get_preset(args.preset), args.train_seed, stage_steps=args.steps,
+                          condition=args.head_condition)
     result = train_head(preset, args.out, args.source, run_options(args, "hart"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 

@@ -31,7 +31,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from hart_mini.measure.evaluate import aggregate_seeds, attribute_counts, evaluate_generator, held_out
+from hart_mini.measure.evaluate import aggregate_seeds, attribute_counts, evaluate_generator, held_out, seed_spread
 from hart_mini.measure.metrics import high_frequency_ratio
 
 REGIMES = ("free", "own", "true")
@@ -155,14 +155,11 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                 cells[column]["fd_seeds"] = [round(r["fd"], 4) for r in per_seed]
         # Head on and off share their tokens seed by seed, so their FD difference is paired: its sd over seeds
         # is the noise a gain must beat (the columns' own sds also hold the tokens' seed-to-seed spread).
-        gains = [off["fd"] - on["fd"] for on, off in zip(rows["head_on"], rows["head_off"])]
-        mean = sum(gains) / len(gains)
-        sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) if len(gains) > 1 else 0.0
-        cells["fd_gain"], cells["fd_gain_sd"] = round(mean, 4), round(sd, 4)  # FD off - FD on: > 0 the head helps
+        gain, gain_sd = seed_spread([off["fd"] - on["fd"] for on, off in zip(rows["head_on"], rows["head_off"])])
+        cells["fd_gain"], cells["fd_gain_sd"] = round(gain, 4), round(gain_sd, 4)  # FD off - on: > 0 the head helps
         for name, values in head.items():
             if values:
-                mean = sum(values) / len(values)
-                sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+                mean, sd = seed_spread(values)
                 cells[f"head_{name}"], cells[f"head_{name}_sd"] = round(mean, 4), round(sd, 4)
         table["regimes"][regime] = cells
     bar.close()

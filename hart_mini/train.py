@@ -563,8 +563,6 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
     """Shared by HART and the diffusion baseline: fit on ToyShapes, sample grids, save beside the tokenizer.
     The model file is written even when the deadline stops the run early; then it says finished: false.
     layout_steps (HART only): a layout stage of that many steps first (_layout_stage)."""
-    import shutil
-
     from hart_mini.model.data import ToyShapes
     from hart_mini.runtime import describe_device, world
 
@@ -596,16 +594,25 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
         result = {**result, "seconds": result["seconds"] + stage["seconds"], "finished": stage["finished"]}
         figures(stage["step"], result["history"])
     if world()[0] == 0:
-        if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
-            shutil.copyfile(tok_path, out / "tokenizer.safetensors")  # a model file names its tokenizer beside it
-        target = out / f"{name.lower().split()[0]}.safetensors"
-        model.save(target, out / "tokenizer.safetensors",
-                   {"preset": preset.name, "train_seconds": round(result["seconds"], 1), "command": command,
-                    "device": describe_device(device), "torch": torch.__version__, **_final_meta(result, cfg)})
-        if result["finished"]:
-            runs.mark(out, "finished")
-        summary["model"] = str(target)
+        summary["model"] = str(_write_model(
+            model, out, f"{name.lower().split()[0]}.safetensors", tok_path, result["finished"],
+            {"preset": preset.name, "train_seconds": round(result["seconds"], 1), "command": command,
+             "device": describe_device(device), "torch": torch.__version__, **_final_meta(result, cfg)}))
     return summary
+
+
+def _write_model(model, out: Path, file: str, tok_path: Path, finished: bool, meta: dict) -> Path:
+    """Save a trained generator as OUT/FILE beside a copy of its tokenizer (a model file names its tokenizer
+    beside it), and mark the run finished if it is."""
+    import shutil
+
+    if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
+        shutil.copyfile(tok_path, out / "tokenizer.safetensors")
+    target = out / file
+    model.save(target, out / "tokenizer.safetensors", meta)
+    if finished:
+        runs.mark(out, "finished")
+    return target
 
 
 def _layout_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: dict, run: RunOptions,
@@ -688,8 +695,6 @@ def train_head(preset, out: str | Path, source: str | Path, run: RunOptions | No
     says (condition, tokens, stage_steps), trained on SOURCE's frozen transformer; writes OUT/hart.safetensors.
     `train hart` with a head stage ends the same way: this reruns only its last part, e.g. to give a trained
     transformer a new head (notebook 07, section 5)."""
-    import shutil
-
     from hart_mini.model.data import ToyShapes
     from hart_mini.model.diffusion import CosineSchedule
     from hart_mini.model.hart import HART
@@ -712,18 +717,14 @@ def train_head(preset, out: str | Path, source: str | Path, run: RunOptions | No
                         deadline, tokens)
     summary = {k: stage[k] for k in ("step", "seconds", "finished")}
     if world()[0] == 0:
-        if (out / "tokenizer.safetensors").resolve() != tok_path.resolve():
-            shutil.copyfile(tok_path, out / "tokenizer.safetensors")
         joint = model.meta.get("train_seconds")
-        model.save(out / "hart.safetensors", out / "tokenizer.safetensors",
-                   {"preset": preset.name, "command": command, "device": describe_device(device),
-                    "torch": torch.__version__, "source": str(source), "source_command": model.meta.get("command"),
-                    "head_stage_seconds": round(stage["seconds"], 1),
-                    "train_seconds": None if joint is None else round(joint + stage["seconds"], 1),
-                    "finished": stage["finished"], "steps_done": stage["step"], "steps_planned": steps})
-        if stage["finished"]:
-            runs.mark(out, "finished")
-        summary["model"] = str(out / "hart.safetensors")
+        summary["model"] = str(_write_model(
+            model, out, "hart.safetensors", tok_path, stage["finished"],
+            {"preset": preset.name, "command": command, "device": describe_device(device), "torch": torch.__version__,
+             "source": str(source), "source_command": model.meta.get("command"),
+             "head_stage_seconds": round(stage["seconds"], 1),
+             "train_seconds": None if joint is None else round(joint + stage["seconds"], 1),
+             "finished": stage["finished"], "steps_done": stage["step"], "steps_planned": steps}))
     return summary
 
 
