@@ -106,7 +106,7 @@ class TokenizerConfig:
         require(0.0 <= self.p_discrete <= 1.0, "p_discrete", self.p_discrete, "a number in [0, 1]")
 
 
-TEXT_POSITIONS = ("learned", "counted", "segments")
+TEXT_POSITIONS = ("learned", "counted", "segments", "phrases")
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ class TransformerConfig:
     # How the text encoder tells word order (model/text.py): learned, a vector per padded slot at std 0.02,
     # 25x below the word vectors (what the shipped models use: order-blind in practice); counted, a vector
     # per word counted from the caption's first word, at the word vectors' scale; segments, counted plus a
-    # vector for the noun phrase each word belongs to (a new phrase starts at each article "a")
+    # vector for the noun phrase each word belongs to (a new phrase starts at each article "a"); phrases,
+    # counted plus the mean word vector of that phrase (binds an object's words without encoder blocks)
     text_position: str = "learned"
     # absolute: a learned vector per image token (VAR, initialised at std 0.02); grid: also fixed 2-D sin/cos
     # features of each coarse token's centre on the finest grid (scales with pn <= finest / 2), similar for the

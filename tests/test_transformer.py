@@ -190,15 +190,15 @@ def test_grid_features_reach_only_the_coarse_scales_and_absolute_has_none():
     assert torch.count_nonzero(absolute.grid) == 0
 
 
-def _encoder(position: str):
+def _encoder(position: str, depth: int = 1):
     from hart_mini.model.text import CaptionTokenizer, TextEncoder
 
     text = CaptionTokenizer.toyshapes(16)
     torch.manual_seed(0)
-    return text, TextEncoder(text.vocab_size, 16, 32, 1, 2, position, text.article_id).eval()
+    return text, TextEncoder(text.vocab_size, 16, 32, depth, 2, position, text.article_id).eval()
 
 
-@pytest.mark.parametrize("position", ["learned", "counted", "segments"])
+@pytest.mark.parametrize("position", ["learned", "counted", "segments", "phrases"])
 def test_text_encoder_tells_swapped_attributes_apart_unless_order_blind(position):
     """With no position signal the encoder is a bag of words: after the two objects' colours are swapped,
     "red" gets the same features as before, so nothing says which object is red. The order-aware encodings
@@ -218,7 +218,7 @@ def test_text_encoder_tells_swapped_attributes_apart_unless_order_blind(position
     assert gap < 1e-5 if position == "learned" else gap > 0.1
 
 
-@pytest.mark.parametrize("position", ["counted", "segments"])
+@pytest.mark.parametrize("position", ["counted", "segments", "phrases"])
 def test_counted_positions_do_not_move_with_the_padding(position):
     """A word's position vector depends on its place in the caption, not on how much padding comes first."""
     from hart_mini.model.text import CaptionTokenizer
@@ -238,10 +238,37 @@ def test_segments_start_a_new_phrase_at_each_article():
     assert phrase.tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]
 
 
+@pytest.mark.parametrize("position", ["counted", "segments", "phrases"])
+def test_only_phrases_bind_an_objects_words_without_encoder_blocks(position):
+    """With no encoder blocks a word's features are its own vector and its place, so swapping the two
+    objects' shapes leaves the colour words' features unchanged: nothing tells the generator that red goes
+    with the circle. 'phrases' adds the phrase's mean word vector, so "red" carries its object's shape."""
+    text, encoder = _encoder(position, depth=0)
+    captions = ["a small red circle left of a large blue square", "a small red square left of a large blue circle"]
+    ids, mask = text(captions)
+    with torch.no_grad():
+        feats = encoder(ids, mask)
+    for colour in ("red", "blue"):
+        where = ids[0] == text.index[colour]
+        gap = (feats[0][where] - feats[1][where]).abs().max().item()
+        assert gap > 0.1 if position == "phrases" else gap < 1e-5
+
+
+def test_phrase_means_average_each_noun_phrase_and_skip_padding():
+    text, encoder = _encoder("phrases", depth=0)
+    ids, mask = text(["a small red circle left of a large blue square"])
+    words = encoder.embed(ids)
+    means = encoder.phrase_means(words, ids, mask)[0]  # (T, D)
+    first, second = mask[0].nonzero().flatten()[:6], mask[0].nonzero().flatten()[6:]  # "a small red circle left of"
+    assert torch.allclose(means[first], words[0, first].mean(0).expand(6, -1), atol=1e-6)
+    assert torch.allclose(means[second], words[0, second].mean(0).expand(4, -1), atol=1e-6)
+
+
 def test_text_position_is_checked_and_needs_the_article_for_segments():
     from hart_mini.model.text import TextEncoder
 
     with pytest.raises(ValueError, match="text_position"):
         TransformerConfig(text_position="rope")
-    with pytest.raises(ValueError, match="article_id"):
-        TextEncoder(10, 16, 32, 1, 2, "segments", None)
+    for position in ("segments", "phrases"):
+        with pytest.raises(ValueError, match="article_id"):
+            TextEncoder(10, 16, 32, 1, 2, position, None)

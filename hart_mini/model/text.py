@@ -131,13 +131,17 @@ class TextEncoder(nn.Module):
       counted   p indexed by the word's place counted from the caption's first word, at std 1
       segments  counted, plus s_j for the noun phrase j the word is in: phrase j starts at the j-th article
                 ("a"), so the colour of the first object and of the second get different inputs
+      phrases   counted, plus the mean of the word vectors of the noun phrase the word is in (no parameters):
+                "red" also carries "square" when the red object is the square, so a single attention step from
+                an image token that drew red finds its shape. Encoder blocks can do this binding too, but
+                they mute the relation word (notebook 09, section 7); this needs no blocks.
     """
 
     def __init__(self, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
                  position: str = "learned", article_id: int | None = None, segments: int = 3):
         super().__init__()
-        require(position != "segments" or article_id is not None, "article_id", article_id,
-                "the id of the article that starts a noun phrase, for position='segments'")
+        require(position not in ("segments", "phrases") or article_id is not None, "article_id", article_id,
+                f"the id of the article that starts a noun phrase, for position={position!r}")
         self.position, self.article_id = position, article_id
         self.embed = nn.Embedding(vocab_size, width)  # std 1
         self.pos = nn.Parameter(torch.randn(max_len, width) * (0.02 if position == "learned" else 1.0))
@@ -158,8 +162,20 @@ class TextEncoder(nn.Module):
             out = out + self.segment(phrase)
         return out
 
+    def phrase_means(self, words: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """For each word, the mean of the word vectors (B, T, D) of its noun phrase: (B, T, D).
+        A phrase starts at each article, so "a small red circle left of" is the first, "a large blue square"
+        the second; padding belongs to none."""
+        phrase = torch.cumsum(ids == self.article_id, 1)  # (B, T)
+        same = (phrase[:, :, None] == phrase[:, None, :]) & mask[:, None, :]  # (B, T, T): j in i's phrase
+        weights = same.float() / same.sum(-1, keepdim=True).clamp_min(1)
+        return weights @ words  # (B, T, T) @ (B, T, D)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids) + self.positions(ids, mask)  # (B, T, D)
+        words = self.embed(ids)  # (B, T, D)
+        x = words + self.positions(ids, mask)
+        if self.position == "phrases":
+            x = x + self.phrase_means(words, ids, mask)
         attend = mask[:, None, None, :]  # (B, 1, 1, T): every token sees every real token
         for block in self.blocks:
             x = block(x, attend)
