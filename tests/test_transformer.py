@@ -234,7 +234,7 @@ def test_counted_positions_do_not_move_with_the_padding(position):
 def test_segments_start_a_new_phrase_at_each_article():
     text, encoder = _encoder("segments")
     ids, mask = text(["a small red circle left of a large blue square"])
-    phrase = torch.cumsum(ids == text.article_id, 1)[mask]
+    phrase = encoder.phrase(ids)[mask]
     assert phrase.tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]
 
 

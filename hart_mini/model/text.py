@@ -149,6 +149,11 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(width, num_heads, adaln=False) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
+    def phrase(self, ids: torch.Tensor) -> torch.Tensor:
+        """The noun phrase each word is in, (B, T): 0 before any article, then 1, 2, ... (a phrase starts at
+        each article, so "a small red circle left of" is phrase 1, "a large blue square" phrase 2)."""
+        return torch.cumsum(ids == self.article_id, 1)
+
     def positions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """What the text encoder adds to each word vector to tell where it is: (B, T, D)."""
         T = ids.shape[1]
@@ -157,16 +162,14 @@ class TextEncoder(nn.Module):
         first = (~mask).sum(1, keepdim=True)  # (B, 1): padding slots before the first word
         place = (torch.arange(T, device=ids.device)[None] - first).clamp_min(0)  # (B, T): 0 at the first word
         out = self.pos[place]
-        if self.segment is not None:  # phrase 0 before any article, then 1, 2, ...: capped at the last one
-            phrase = torch.cumsum(ids == self.article_id, 1).clamp_max(self.segment.num_embeddings - 1)
-            out = out + self.segment(phrase)
+        if self.segment is not None:  # capped at the last segment vector
+            out = out + self.segment(self.phrase(ids).clamp_max(self.segment.num_embeddings - 1))
         return out
 
     def phrase_means(self, words: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """For each word, the mean of the word vectors (B, T, D) of its noun phrase: (B, T, D).
-        A phrase starts at each article, so "a small red circle left of" is the first, "a large blue square"
-        the second; padding belongs to none."""
-        phrase = torch.cumsum(ids == self.article_id, 1)  # (B, T)
+        """For each word, the mean of the word vectors (B, T, D) of its noun phrase (`phrase`): (B, T, D).
+        Padding belongs to none."""
+        phrase = self.phrase(ids)  # (B, T)
         same = (phrase[:, :, None] == phrase[:, None, :]) & mask[:, None, :]  # (B, T, T): j in i's phrase
         weights = same.float() / same.sum(-1, keepdim=True).clamp_min(1)
         return weights @ words  # (B, T, T) @ (B, T, D)
