@@ -132,6 +132,9 @@ def add_caption_options(p) -> None:
     p.add_argument("--text-depth", type=count(0), default=None,
                    help="transformer blocks of the caption encoder (default: the preset's; 0: the word and position "
                         "vectors go to the generator as they are, notebook 09 section 7)")
+    p.add_argument("--adaln-gate", type=fraction, default=None,
+                   help="initial gate of the generator blocks' AdaLN: 0 is AdaLN-Zero (the preset's), 1 a plain "
+                        "pre-norm block at the start (TransformerConfig.adaln_gate)")
     p.add_argument("--two-objects", type=fraction, default=None,
                    help="share of training images with two objects and a relation (DataConfig.p_two_objects; "
                         "default: the preset's, 0.35); evaluation keeps the preset's held-out mix")
@@ -236,11 +239,13 @@ def cmd_train_tokenizer(args) -> dict:
 
 
 def caption_options(preset, args):
-    """The preset with --text-position and --text-depth (and HART's --scale-balance and --layout-steps) applied to
-    its transformer (HART and the baseline share it), and --two-objects to its training data."""
+    """The preset with --text-position, --text-depth and --adaln-gate (and HART's --scale-balance and
+    --layout-steps) applied to its transformer (HART and the baseline share it), and --two-objects to its
+    training data."""
     changes = {k: v for k, v in (("text_position", args.text_position), ("text_depth", args.text_depth),
                                  ("scale_balance", getattr(args, "scale_balance", None)),
-                                 ("layout_steps", getattr(args, "layout_steps", None))) if v is not None}
+                                 ("layout_steps", getattr(args, "layout_steps", None)),
+                                 ("adaln_gate", args.adaln_gate)) if v is not None}
     preset = dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, **changes))
     if args.two_objects is not None:
         preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, p_two_objects=args.two_objects))

@@ -140,6 +140,11 @@ class TransformerConfig:
     # baseline has no scales and ignores both fields.
     layout_steps: int = 0
     layout_scales: int = 3
+    # The initial gate of every generator block's AdaLN (model/blocks.py, Block): 0 is AdaLN-Zero (DiT, VAR),
+    # under which a block's attention gets no gradient until its gate has grown, and relations ("left of")
+    # arrived after 1 500 to more than 8 000 coarse steps depending on the initial weights; 1 starts every block
+    # as a plain pre-norm block, like HART's text-to-image blocks, which have no AdaLN (notebook 09, section 7).
+    adaln_gate: float = 0.0
 
     def __post_init__(self):
         for name in ("width", "depth", "num_heads", "text_len"):
@@ -161,6 +166,7 @@ class TransformerConfig:
                 "an integer >= 0")
         require(_is_int(self.layout_scales) and self.layout_scales >= 1, "layout_scales", self.layout_scales,
                 "an integer >= 1")
+        require(0.0 <= self.adaln_gate <= 1.0, "adaln_gate", self.adaln_gate, "a number in [0, 1]")
 
 
 HEAD_MODES = ("off", "last", "full", "early")

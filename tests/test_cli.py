@@ -121,13 +121,16 @@ def test_caption_options_reach_the_training_preset_and_leave_evaluation_alone():
     from hart_mini.config import get_preset
 
     args = build_parser().parse_args(["train", "hart", "--out", "runs/x", "--text-position", "counted",
-                                      "--two-objects", "0.7", "--text-depth", "0", "--layout-steps", "50"])
+                                      "--two-objects", "0.7", "--text-depth", "0", "--layout-steps", "50",
+                                      "--adaln-gate", "1"])
     preset = caption_options(get_preset("cpu"), args)
     assert preset.data.p_two_objects == 0.7 and preset.transformer.text_position == "counted"
     assert preset.transformer.text_depth == 0 and preset.transformer.layout_steps == 50
+    assert preset.transformer.adaln_gate == 1.0
     baseline = caption_options(get_preset("cpu"), build_parser().parse_args(
         ["train", "diffusion", "--out", "runs/x", "--text-depth", "0"]))  # no --layout-steps: it has no scales
     assert baseline.transformer.text_depth == 0 and baseline.transformer.layout_steps == 0
+    assert baseline.transformer.adaln_gate == 0.0
     assert get_preset("cpu").data.p_two_objects == 0.35  # the preset itself, which eval reads, is unchanged
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "diffusion", "--out", "runs/x", "--two-objects", "1.5"])

@@ -163,6 +163,35 @@ def test_bad_transformer_config_names_the_field():
         TransformerConfig(position="learned")
     with pytest.raises(ValueError, match="cond_dropout=1.0 is invalid"):
         dataclasses.replace(TransformerConfig(), cond_dropout=1.0)
+    with pytest.raises(ValueError, match="adaln_gate=2 is invalid: expected a number in"):
+        TransformerConfig(adaln_gate=2)
+
+
+@pytest.mark.parametrize("gate", [0.0, 1.0])
+def test_an_adaln_zero_block_gives_its_attention_no_gradient_until_its_gate_grows(gate):
+    """AdaLN-Zero (gate 0): at init every block is the identity, so no image token reads the caption and the
+    attention's q, k weights get exactly zero gradient; gate 1 starts them as plain pre-norm blocks."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(width=32, depth=2, num_heads=2, text_depth=0, text_position="phrases", adaln_gate=gate)
+    model = HART(cfg, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(cfg.text_len))
+    batch = _batch(4)
+    captions = ["a small red circle left of a large blue square"] * 4
+    mirrored = ["a small red circle right of a large blue square"] * 4
+    loss, _ = model.loss(batch["image"], model.text_tokenizer(captions))
+    loss.backward()
+    qkv = model.transformer.blocks[0].attn.qkv.weight.grad[:2 * cfg.width]  # the q and k rows
+    with torch.no_grad():
+        q = model.tokenizer.quantizer
+        inputs = q.teacher_forcing_inputs(model.tokenizer.tokenize(batch["image"]).indices)
+        drop = torch.zeros(4, dtype=torch.bool)
+        a, _ = model.transformer(*model.encode_text(captions), inputs, drop)
+        b, _ = model.transformer(*model.encode_text(mirrored), inputs, drop)
+    if gate == 0.0:
+        assert torch.count_nonzero(qkv) == 0
+        assert torch.allclose(a[:, 1:], b[:, 1:])  # image tokens: the relation word is not read at all
+    else:
+        assert qkv.abs().sum() > 0
+        assert not torch.allclose(a[:, 1:], b[:, 1:], atol=1e-4)
 
 
 def test_grid_position_features_tell_coarse_cells_apart_and_match_fine_cells_at_the_same_place():

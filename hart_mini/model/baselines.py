@@ -43,7 +43,8 @@ class LatentDiffusion(nn.Module):
         # A learned vector per latent position. (HART's coarse 'grid' features are not needed here: every
         # token's input is its own noisy latent vector, and this baseline places objects right already.)
         self.pos_embed = nn.Parameter(torch.randn(h * h, D) * 0.02)
-        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True, gate=cfg.adaln_gate)
+                                    for _ in range(cfg.depth))
         self.out_norm = nn.LayerNorm(D, elementwise_affine=False)
         self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
         self.out = nn.Linear(D, C)

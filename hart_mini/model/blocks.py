@@ -70,9 +70,12 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm attention + MLP. With adaln, x += gamma * f(LN(x) * (1 + scale) + shift), (gamma, scale,
-    shift) computed from the condition and zero at init (AdaLN-Zero: every block starts as the identity)."""
+    shift) computed from the condition. scale and shift start at zero; the gate gamma at `gate`: 0 is
+    AdaLN-Zero (DiT, VAR: every block starts as the identity, and its attention learns nothing until its gate
+    has grown, since the gradient reaching q and k is proportional to gamma), 1 starts as a plain pre-norm
+    block (HART's text-to-image blocks have no AdaLN at all)."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, adaln: bool = True):
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, adaln: bool = True, gate: float = 0.0):
         super().__init__()
         self.adaln = adaln
         self.norm1 = nn.LayerNorm(width, elementwise_affine=not adaln)
@@ -84,6 +87,7 @@ class Block(nn.Module):
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
+            nn.init.constant_(self.modulation[1].bias[:2 * width], gate)  # gamma1, gamma2 start at `gate`
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor, cond: torch.Tensor | None = None,
                 rope: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:

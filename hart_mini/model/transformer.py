@@ -61,7 +61,8 @@ class NextScaleTransformer(nn.Module):
         self.word_embed = nn.Linear(latent_channels, D)  # latent vectors (C) -> tokens (D)
         self.level_embed = nn.Embedding(K, D)
         self.pos_embed = nn.Parameter(torch.randn(L, D) * 0.02) if cfg.position != "rope" else None
-        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, cfg.mlp_ratio, adaln=True, gate=cfg.adaln_gate)
+                                    for _ in range(cfg.depth))
         self.head_norm = nn.LayerNorm(D, elementwise_affine=False)
         self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))  # AdaLN before the head
         self.head = nn.Linear(D, codebook_size)
