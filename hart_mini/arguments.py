@@ -28,6 +28,14 @@ def count(low: int, why: str = ""):
     return parse
 
 
+def odd(text: str) -> int:
+    """An odd integer >= 1 (a neighbourhood of k x k cells around one)."""
+    value = count(1)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: expected an odd integer >= 1 (1, 3, 5, ...)")
+    return value
+
+
 def eval_count(text: str) -> int:
     """0 (no evaluation) or the >= 2 samples a Frechet distance needs."""
     value = count(0)(text)

@@ -13,6 +13,7 @@
     diagnose         which scales read the caption; prompt accuracy with the true coarse scales forced
     diagnose head    what the residual head adds: head on / off / noise control / true residual, free and true tokens
     diagnose text    whether a model reads word order: CE of true tokens under mirrored / swapped captions
+    diagnose residual what any head could add: residuals that know what a head knows, decoded (true tokens)
     bench            the quality-speed frontier: HART vs the diffusion baseline at matched quality
     ablate NAME      head, full, early, steps, decoder, cfg, position: JSON + figure
     ship KIND        copy a trained model into data/ and record it in the manifest
@@ -40,6 +41,7 @@ from hart_mini.arguments import (
     guidance,
     listed,
     minutes,
+    odd,
     positive,
     probability,
     prompt,
@@ -435,6 +437,8 @@ def cmd_diagnose(args) -> dict:
 
     if args.figure and args.what == "text":
         raise ValueError("--figure draws the 'scales' and 'head' diagnoses; 'text' prints its table and JSON")
+    if args.what == "residual":
+        return diagnose_residual(args)
     if args.model == "diffusion" and args.what != "text":
         raise ValueError(f"--model diffusion is for 'diagnose text'; '{args.what}' reads HART's scales or head")
     output(args.json, "--json", args)
@@ -452,17 +456,44 @@ def cmd_diagnose(args) -> dict:
         seeds = [args.seed] if args.seeds is None else args.seeds
         examples = {}
         table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples)
-        print(diagnose_head.format_table(table), file=sys.stderr)
-        result = {"model": source, **table}
-        if args.figure:
-            real = diagnose_head.held_out(data, min(args.n, 8))["image"]
-            result["figure"] = str(viz.save(diagnose_head.figure(examples, real), args.figure))
-        return emit(result, args.json)
+        return emit_diagnosis({"model": source, **table}, diagnose_head.format_table(table),
+                              lambda real: diagnose_head.figure(examples, real), data, args)
     result = {"model": source, "cfg": args.cfg, "seed": args.seed,
               "sensitivity": diagnose.caption_sensitivity(model, data, args.n),
               "forced": diagnose.forced_scales(model, judge, data, args.n, args.cfg, args.seed)}
     if args.figure:
         result["figure"] = str(viz.save(diagnose.figure(result), args.figure))
+    return emit(result, args.json)
+
+
+def diagnose_residual(args) -> dict:
+    """`diagnose residual`: the tokenizer's residuals, decoded (hart_mini/diagnose_residual.py)."""
+    from hart_mini import diagnose_residual as probe
+
+    if args.model != "hart":
+        raise ValueError("--model diffusion is for 'diagnose text'; 'residual' reads a tokenizer (--ckpt)")
+    output(args.json, "--json", args)
+    output(args.figure, "--figure", args, IMAGE_SUFFIXES)
+    tokenizer, source = resolve("tokenizer", args.ckpt, args.preset, args.device)
+    judge, _ = resolve("judge", args.judge, args.preset, args.device)
+    data = get_preset(args.preset).data
+    examples = {} if args.figure else None
+    table = probe.residual_table(tokenizer, judge, data, args.n, args.pool, args.patch, args.pixel_steps, args.seed,
+                                 examples=examples)
+    return emit_diagnosis({"tokenizer": source, **table}, probe.format_table(table),
+                          lambda real: probe.figure(examples, real), data, args)
+
+
+def emit_diagnosis(result: dict, text: str, figure, data, args) -> dict:
+    """A diagnosis's table for people on stderr; with --figure, figure(the first real held-out images) saved
+    there; the JSON out."""
+    from hart_mini.course import viz
+    from hart_mini.measure.evaluate import held_out
+
+    print(text, file=sys.stderr)
+    if args.figure:
+        real = held_out(data, min(args.n, 8))["image"]
+        result["figure"] = str(viz.save(figure(real), args.figure))
     return emit(result, args.json)
 
 
@@ -770,23 +801,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="per-scale caption sensitivity and the forced-coarse-scales curve "
                                         "(scales, the default), what the residual head adds (head), whether "
                                         "the model reads word order (text)")
-    p.add_argument("what", nargs="?", choices=("scales", "head", "text"), default="scales",
+    p.add_argument("what", nargs="?", choices=("scales", "head", "text", "residual"), default="scales",
                    help="scales: caption sensitivity per scale and forced coarse scales; head: head on / off / "
                         "noise control / true residual in free generation, with scales 1..K-1 true and with every "
-                        "token true; text: the likelihood test of two-object captions mirrored, swapped or changed")
+                        "token true; text: the likelihood test of two-object captions mirrored, swapped or changed; "
+                        "residual: with every token true, residuals a head could draw (real ones from cells with the "
+                        "same token, shuffled, predicted from the neighbourhood or for the decoder's pixels), decoded")
     add_preset(p)
     p.add_argument("--model", choices=("hart", "diffusion"), default="hart",
                    help="text: the model to probe, HART (CE per scale) or the diffusion baseline (its denoising error)")
-    p.add_argument("--ckpt", type=Path, default=None, help="HART (or with --model diffusion, baseline) file or "
-                                                          "training folder (default: shipped)")
+    p.add_argument("--ckpt", type=Path, default=None, help="HART (or with --model diffusion, baseline; for "
+                                                          "residual, tokenizer) file or training folder "
+                                                          "(default: shipped)")
     p.add_argument("--judge", type=Path, default=None, help="judge file or folder (default: shipped)")
     p.add_argument("--n", type=count(1), default=500, help="held-out captions per measurement")
     p.add_argument("--cfg", type=guidance, default=3.0, help="guidance scale for the samples")
     p.add_argument("--seed", type=seed, default=0, help="sampling seed, in [0, 2**32)")
     p.add_argument("--seeds", type=distinct_seeds, default=None,
                    help="head: sampling seeds, FD's sd over them (default: --seed only)")
+    p.add_argument("--pool", type=count(1), default=10_000,
+                   help="residual: training images whose residuals the same-code draws and the predictors use")
+    p.add_argument("--patch", type=odd, default=5, help="residual: the neighbourhood (k x k cells) of the prediction")
+    p.add_argument("--pixel-steps", type=count(0), default=2000,
+                   help="residual: training steps of the pixel predictor (0: leave that column out)")
     p.add_argument("--figure", type=Path, default=None,
-                   help="also draw the measurements (scales) or every cell's example images (head) into this PNG")
+                   help="also draw the measurements (scales) or every cell's example images (head, residual) into "
+                        "this PNG")
     p.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_overwrite(p)
