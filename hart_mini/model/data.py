@@ -4,7 +4,9 @@ Nothing is downloaded: image `i` of a split is a pure function of `(seed, split,
 on every machine. Each image holds 1-2 objects drawn with anti-aliased edges and a texture, on a graded
 background with a fine mottled pattern (a random field on a 2-px grid) and a little pixel noise. HART's
 residual tokens only have something to learn when images carry fine detail that discrete tokens lose but a
-continuous latent can keep: textures and mottling finer than one token (4 px) are exactly that.
+continuous latent can keep: textures and mottling finer than one token (4 px) are exactly that. The mottle
+is random per image, though, so no token and no head can know which mottle an image has: what a head can
+learn of it is its statistics (measured in notebook 07, section 5: `python -m hart_mini diagnose residual`).
 
     a scene  = 1-2 objects, each (shape, colour, size, texture, position) + a relation for two objects
     caption  = "a large red striped circle at the top left"
