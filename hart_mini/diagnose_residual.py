@@ -187,7 +187,7 @@ def residual_table(tokenizer, judge, data_config, n: int = 1000, pool: int = 10_
     bar.update(1)
     generator = torch.Generator().manual_seed(seed)
     factor = covariance_factor(cells(pool_r).cpu())
-    W = fit_ridge(P["f_hat"], pool_r, patch)
+    W = fit_ridge(P["f_hat"].cpu(), pool_r.cpu(), patch)  # fp64 on the CPU: MPS has no fp64
     residuals = {
         "none": torch.zeros_like(r),
         "true": r,
@@ -195,7 +195,7 @@ def residual_table(tokenizer, judge, data_config, n: int = 1000, pool: int = 10_
         "same_code": uncells(same_code_draws(T["last"].flatten().cpu(), P["last"].flatten().cpu(),
                                              cells(pool_r).cpu(), generator).to(device), r),
         "shuffled": shuffled_within(r.cpu(), generator).to(device),
-        "predicted": predict_ridge(T["f_hat"], W, patch),
+        "predicted": predict_ridge(T["f_hat"].cpu(), W, patch).to(device),
     }
     bar.update(1)
     if pixel_steps:
