@@ -95,11 +95,16 @@ def residual_stats(model, real: dict, batch_size: int = 100) -> dict:
         f_hat = model.tokenizer.quantizer.quantize(f)[1]  # the full discrete latent of the true tokens
         cells.append((f - f_hat).permute(0, 2, 3, 1).flatten(0, 2).cpu().double())  # (B h w, C); MPS has no fp64
     r = torch.cat(cells)
-    centred = r - r.mean(0)
+    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": covariance_factor(r).to(device)}
+
+
+def covariance_factor(r: torch.Tensor) -> torch.Tensor:
+    """L (C, C), L L^T = Sigma = mean over cells of (r - mean r)(r - mean r)^T, for cell vectors r (M, C) on
+    the CPU (fp64 inside; MPS has none)."""
+    centred = r.double() - r.double().mean(0)
     sigma = centred.T @ centred / len(r)  # (C, C)
     jitter = 1e-10 * torch.eye(len(sigma), dtype=sigma.dtype)  # a channel the residual never uses
-    factor = torch.linalg.cholesky(sigma + jitter)
-    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": factor.float().to(device)}
+    return torch.linalg.cholesky(sigma + jitter).float()
 
 
 def noise_control(f_hat: torch.Tensor, factor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

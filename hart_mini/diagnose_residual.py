@@ -34,9 +34,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hart_mini.diagnose_head import covariance_factor, noise_control
 from hart_mini.measure.evaluate import evaluate_generator, held_out
 from hart_mini.measure.metrics import high_frequency_ratio
 from hart_mini.model.data import ToyShapes
+from hart_mini.model.hart import map_to_tokens
 
 COLUMNS = ("none", "true", "noise", "same_code", "shuffled", "predicted", "for_pixels")
 
@@ -44,30 +46,20 @@ COLUMNS = ("none", "true", "noise", "same_code", "shuffled", "predicted", "for_p
 @torch.no_grad()
 def latents(tokenizer, images: torch.Tensor, batch_size: int = 500) -> dict:
     """Images (N, 3, H, W) in [-1, 1] -> f, f_hat (N, C, h, w) and the last scale's tokens (N, h, w)."""
-    f, f_hat, last = [], [], []
-    for i in range(0, len(images), batch_size):
-        fi = tokenizer.encode(images[i:i + batch_size])
-        indices, fh, _, _ = tokenizer.quantizer.quantize(fi)
-        f.append(fi), f_hat.append(fh), last.append(indices[-1])
-    return {"f": torch.cat(f), "f_hat": torch.cat(f_hat), "last": torch.cat(last)}
+    parts = [tokenizer.tokenize(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {"f": torch.cat([t.f for t in parts]), "f_hat": torch.cat([t.f_hat for t in parts]),
+            "last": torch.cat([t.indices[-1] for t in parts])}
 
 
 def cells(x: torch.Tensor) -> torch.Tensor:
     """A latent map (N, C, h, w) -> one C-vector per cell (N h w, C), cells in row-major order."""
-    return x.permute(0, 2, 3, 1).flatten(0, 2)
+    return map_to_tokens(x).flatten(0, 1)
 
 
 def uncells(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """The inverse of `cells`: (N h w, C) -> (N, C, h, w) shaped like `like`."""
     N, C, h, w = like.shape
     return x.view(N, h, w, C).permute(0, 3, 1, 2)
-
-
-def covariance_factor(r: torch.Tensor) -> torch.Tensor:
-    """L (C, C) with L L^T = Sigma, the covariance of the cell vectors r (M, C)."""
-    centred = r.double() - r.double().mean(0)
-    sigma = centred.T @ centred / len(r)
-    return torch.linalg.cholesky(sigma + 1e-10 * torch.eye(len(sigma), dtype=sigma.dtype)).float()
 
 
 def same_code_draws(codes: torch.Tensor, pool_codes: torch.Tensor, pool_r: torch.Tensor,
@@ -186,14 +178,14 @@ def residual_table(tokenizer, judge, data_config, n: int = 1000, pool: int = 10_
     r = T["f"] - T["f_hat"]
     bar.update(1)
     generator = torch.Generator().manual_seed(seed)
-    factor = covariance_factor(cells(pool_r).cpu())
+    pool_cells = cells(pool_r).cpu()
     W = fit_ridge(P["f_hat"].cpu(), pool_r.cpu(), patch)  # fp64 on the CPU: MPS has no fp64
     residuals = {
         "none": torch.zeros_like(r),
         "true": r,
-        "noise": uncells((torch.randn(len(cells(r)), r.shape[1], generator=generator) @ factor.T).to(device), r),
-        "same_code": uncells(same_code_draws(T["last"].flatten().cpu(), P["last"].flatten().cpu(),
-                                             cells(pool_r).cpu(), generator).to(device), r),
+        "noise": noise_control(torch.zeros_like(r).cpu(), covariance_factor(pool_cells), generator).to(device),
+        "same_code": uncells(same_code_draws(T["last"].flatten().cpu(), P["last"].flatten().cpu(), pool_cells,
+                                             generator).to(device), r),
         "shuffled": shuffled_within(r.cpu(), generator).to(device),
         "predicted": predict_ridge(T["f_hat"].cpu(), W, patch).to(device),
     }
