@@ -145,6 +145,12 @@ class TransformerConfig:
     # arrived after 1 500 to more than 8 000 coarse steps depending on the initial weights; 1 starts every block
     # as a plain pre-norm block, like HART's text-to-image blocks, which have no AdaLN (notebook 09, section 7).
     adaln_gate: float = 0.0
+    # Raster order inside the first raster_scales scales (ours: VAR and HART draw every token of a scale at once;
+    # notebook 09, section 7): each of their tokens is drawn after the ones before it in its scale (row by row)
+    # and sees them, as in a plain autoregressive model. Drawn at once, the tokens of a coarse scale are
+    # independent given the scales before: where the caption allows an object in either of two cells, each cell
+    # draws it on its own chance, and a two-object prompt gets three objects. 0: VAR's parallel scales.
+    raster_scales: int = 0
 
     def __post_init__(self):
         for name in ("width", "depth", "num_heads", "text_len"):
@@ -167,6 +173,8 @@ class TransformerConfig:
         require(_is_int(self.layout_scales) and self.layout_scales >= 1, "layout_scales", self.layout_scales,
                 "an integer >= 1")
         require(0.0 <= self.adaln_gate <= 1.0, "adaln_gate", self.adaln_gate, "a number in [0, 1]")
+        require(_is_int(self.raster_scales) and self.raster_scales >= 0, "raster_scales", self.raster_scales,
+                "an integer >= 0")
 
 
 HEAD_MODES = ("off", "last", "full", "early")

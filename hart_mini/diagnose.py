@@ -56,7 +56,7 @@ def scale_cross_entropy(model, images: torch.Tensor, captions: list[str]) -> tor
     indices, inputs, _ = model._targets(images)
     ids, mask = model.encode_text(captions)
     drop = torch.zeros(len(captions), dtype=torch.bool, device=ids.device)
-    logits, _ = model.transformer(ids, mask, inputs, drop)  # (B, L, V)
+    logits, _ = model.transformer(ids, mask, inputs, drop, prev=model.previous_codes(indices))  # (B, L, V)
     targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
     ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L)
     starts = model.transformer.starts

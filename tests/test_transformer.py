@@ -90,9 +90,9 @@ def test_caption_dropout_rate_is_ten_percent():
     seen = []
     original = model.transformer.forward
 
-    def spy(ids, mask, inputs, drop, keep=None):
+    def spy(ids, mask, inputs, drop, keep=None, prev=None):
         seen.append(drop)
-        return original(ids, mask, inputs, drop, keep)
+        return original(ids, mask, inputs, drop, keep, prev)
 
     model.transformer.forward = spy
     batch = ToyShapes(PRESET.data).batch(range(100))
@@ -301,3 +301,74 @@ def test_text_position_is_checked_and_needs_the_article_for_segments():
     for position in ("segments", "phrases"):
         with pytest.raises(ValueError, match="article_id"):
             TextEncoder(10, 16, 32, 1, 2, position, None)
+
+
+def _raster_model(raster_scales=3, position="absolute"):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(width=32, depth=2, num_heads=2, text_depth=1, position=position,
+                            raster_scales=raster_scales)
+    model = HART(cfg, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(cfg.text_len))
+    for name, p in model.named_parameters():  # AdaLN-Zero and the zero prev_embed start silent: make them matter
+        if "modulation" in name or "prev_embed" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def test_a_raster_token_sees_the_tokens_before_it_in_its_scale_and_no_later_one():
+    model = _raster_model(raster_scales=3)
+    q, starts = model.tokenizer.quantizer, model.transformer.starts
+    batch = _batch()
+    ids, mask = model.encode_text(batch["caption"])
+    drop = torch.zeros(len(ids), dtype=torch.bool)
+
+    def logits_of(indices):
+        with torch.no_grad():
+            return model.transformer(ids, mask, q.teacher_forcing_inputs(indices), drop,
+                                     prev=model.previous_codes(indices))[0]
+
+    indices = model.tokenizer.tokenize(batch["image"]).indices
+    base = logits_of(indices)
+    for k in (1, 2):  # the 2x2 and 3x3 scales are raster scales: change their token j = 1
+        changed = [i.clone() for i in indices]
+        changed[k].view(len(ids), -1)[:, 1] = (changed[k].view(len(ids), -1)[:, 1] + 1) % q.codebook.num_embeddings
+        logits = logits_of(changed)
+        first = starts[k]
+        assert torch.equal(logits[:, :first + 2], base[:, :first + 2]), f"scale {k}: token 1 leaked backwards"
+        assert not torch.allclose(logits[:, first + 2], base[:, first + 2]), f"scale {k}: token 2 must read token 1"
+    # a parallel scale (4x4 here): its tokens do not see each other
+    changed = [i.clone() for i in indices]
+    changed[3].view(len(ids), -1)[:, 1] = (changed[3].view(len(ids), -1)[:, 1] + 1) % q.codebook.num_embeddings
+    assert torch.equal(logits_of(changed)[:, :starts[4]], base[:, :starts[4]])
+
+
+@pytest.mark.parametrize("position", ["absolute", "rope"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
+def test_raster_sampling_token_by_token_matches_one_teacher_forced_pass(position, cfg_scale):
+    model = _raster_model(raster_scales=3, position=position)
+    prompts = _batch(4)["caption"]
+    cached = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=3)
+    q = model.tokenizer.quantizer
+    ids, mask = model.encode_text(prompts)
+    with torch.no_grad():
+        full, h = model.transformer(ids, mask, q.teacher_forcing_inputs(cached["indices"]),
+                                    torch.zeros(len(prompts), dtype=torch.bool),
+                                    prev=model.previous_codes(cached["indices"]))
+    starts = model.transformer.starts
+    for k, logits in enumerate(cached["logits"]):
+        assert torch.allclose(logits, full[:, starts[k]:starts[k + 1]], atol=1e-5), f"scale {k}"
+    assert torch.allclose(cached["h"], h[:, starts[-2]:], atol=1e-5)
+    forced = model.sample_latent(prompts, cfg_scale=cfg_scale, seed=5, forced=cached["indices"][:3])
+    assert all(torch.equal(a, b) for a, b in zip(forced["indices"][:3], cached["indices"][:3]))
+
+
+def test_raster_scales_are_checked():
+    with pytest.raises(ValueError, match="raster_scales=-1 is invalid: expected an integer >= 0"):
+        TransformerConfig(raster_scales=-1)
+    cfg = TransformerConfig(width=32, depth=1, num_heads=2, text_depth=0, raster_scales=len(PRESET.tokenizer.scales))
+    with pytest.raises(ValueError, match="raster_scales=6 is invalid: expected fewer than the tokenizer's 6"):
+        HART(cfg, HybridTokenizer(PRESET.tokenizer), CaptionTokenizer.toyshapes(cfg.text_len))
+    model = _raster_model()
+    with pytest.raises(ValueError, match="raster_scales=3 is invalid: expected 0 here"):
+        variants.sample_latent(model, _batch(2)["caption"], use_cache=False)
+    with pytest.raises(ValueError, match="prev=None is invalid"):
+        model.transformer(*model.encode_text(_batch(2)["caption"]), torch.zeros(2, 5, 8), torch.zeros(2).bool())

@@ -155,6 +155,8 @@ class HART(nn.Module):
         self.scales, self.K = tok.scales, len(tok.scales)
         require(cfg.layout_steps == 0 or cfg.layout_scales < self.K, "layout_scales", cfg.layout_scales,
                 f"fewer than the tokenizer's {self.K} scales (a layout stage trains the coarse ones alone)")
+        require(cfg.raster_scales < self.K, "raster_scales", cfg.raster_scales,
+                f"fewer than the tokenizer's {self.K} scales (the last scale, the head's, is drawn at once)")
         self.transformer = NextScaleTransformer(cfg, tok.scales, tok.latent_channels, tok.codebook_size,
                                                 text_tokenizer.vocab_size, text_tokenizer.article_id)
         if self.head_cfg.mode != "off":
@@ -227,6 +229,21 @@ class HART(nn.Module):
         before_last = f - (f_hat - q.contribution(indices[-1], self.K - 1))  # f minus scales 1..K-1
         return indices, inputs, map_to_tokens(before_last)  # (B, pn_K^2, C)
 
+    def previous_codes(self, indices: list[torch.Tensor]) -> torch.Tensor | None:
+        """Raster scales: for the image tokens 2..L, the code e(r) of the token before each one in its scale,
+        row by row, zeros for a scale's first token and on parallel scales -> (B, L - 1, C); None without raster
+        scales. indices: the K token maps (B, pn_k, pn_k) (or as many as are known, in order)."""
+        if not self.cfg.raster_scales:
+            return None
+        codes = []
+        for k, r in enumerate(indices):
+            code = self.tokenizer.quantizer.codebook(r.flatten(1))  # (B, pn^2, C)
+            if k < self.cfg.raster_scales:  # shift right by one: token j reads e(r_{j-1})
+                codes.append(torch.cat([torch.zeros_like(code[:, :1]), code[:, :-1]], dim=1))
+            else:
+                codes.append(torch.zeros_like(code))
+        return torch.cat(codes, dim=1)[:, 1:]  # the 1x1 token is predicted from the text, with no input
+
     @torch.no_grad()
     def measure_residual_scale(self, images: torch.Tensor) -> float:
         """Set residual_scale to the std of the head's targets (with true tokens) on these images."""
@@ -279,13 +296,15 @@ class HART(nn.Module):
         drop = caption_dropout(ids.shape[0], self.cfg.cond_dropout, ids.device)
         if layout:
             n = self.transformer.starts[self.cfg.layout_scales]  # tokens of scales 1..layout_scales
-            logits, _ = self.transformer(ids, mask, inputs[:, :n - 1], drop)  # (B, n, V)
+            prev = self.previous_codes(indices[:self.cfg.layout_scales])
+            logits, _ = self.transformer(ids, mask, inputs[:, :n - 1], drop, prev=prev)  # (B, n, V)
             targets = torch.cat([i.flatten(1) for i in indices[:self.cfg.layout_scales]], dim=1)  # (B, n)
             ce = weighted_cross_entropy(logits, targets, self.token_weights[:n])
             return ce, {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
         keep = self.kept_last_tokens(ids.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not head_only):
-            logits, h = self.transformer(ids, mask, inputs, drop, keep)  # (B, L, V), (B, L, D); L shorter with keep
+            prev = self.previous_codes(indices)  # raster scales only
+            logits, h = self.transformer(ids, mask, inputs, drop, keep, prev)  # (B, L, V), (B, L, D); L shorter with keep
         targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
         last = self.transformer.starts[-2]  # first token of the last scale
         weights = self.token_weights  # (L,) the CE weight of each token
@@ -396,14 +415,16 @@ class HART(nn.Module):
         f_hat = torch.zeros(B, C, size, size, device=ids.device)  # the discrete latent so far
         indices, raw_logits = [], []
         for k, pn in enumerate(self.scales):
-            if k > 0:  # scale k reads f_hat so far, area-downsampled to pn_k
-                x = map_to_tokens(q.next_input(f_hat, k - 1))  # (B, pn^2, C)
-                logits, h = self.transformer.step(both_branches(x, guided), k, cache, cond)  # (B', pn^2, V|D)
-            raw_logits.append(logits[:B])
-            if k < len(forced):
-                r = forced[k].to(ids.device).flatten(1)  # (B, pn^2), given instead of drawn
+            given = forced[k].to(ids.device).flatten(1) if k < len(forced) else None  # (B, pn^2) or None
+            if 0 < k < self.cfg.raster_scales:  # a raster scale: one token at a time, each reading the one before
+                logits, r = self._raster_scale(map_to_tokens(q.next_input(f_hat, k - 1)), k, cache, cond, guided,
+                                               given, (cfg_scale, top_k, top_p, generator))
             else:
-                r = self.draw_tokens(logits, k, cfg_scale, top_k, top_p, generator)  # (B, pn^2)
+                if k > 0:  # scale k reads f_hat so far, area-downsampled to pn_k
+                    x = map_to_tokens(q.next_input(f_hat, k - 1))  # (B, pn^2, C)
+                    logits, h = self.transformer.step(both_branches(x, guided), k, cache, cond)  # (B', pn^2, V|D)
+                r = given if given is not None else self.draw_tokens(logits, k, cfg_scale, top_k, top_p, generator)
+            raw_logits.append(logits[:B])
             indices.append(r.view(B, pn, pn))
             f_before, f_hat = f_hat, f_hat + q.contribution(r.view(B, pn, pn), k)  # f_hat += phi_k(up(e(r_k)))
         latent = f_hat
@@ -416,6 +437,22 @@ class HART(nn.Module):
             latent = f_before + tokens_to_map(q.codebook(r) + d, pn)
         return {"indices": indices, "f_hat": f_hat, "latent": latent, "path": "continuous" if head else "discrete",
                 "logits": raw_logits, "h": h[:B]}
+
+    def _raster_scale(self, x: torch.Tensor, k: int, cache, cond: torch.Tensor, guided: bool,
+                      given: torch.Tensor | None, knobs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw raster scale k token by token: token j runs through the cache with its input x[:, j] (B, pn^2, C)
+        and the code of token j - 1, then is drawn (or taken from `given`). -> (logits (B', pn^2, V), r (B, pn^2))."""
+        B, n = x.shape[0], x.shape[1]
+        prev = torch.zeros_like(x[:, :1])  # (B, 1, C): no token before the first
+        logits, r = [], []
+        for j in range(n):
+            step_logits, _ = self.transformer.step(both_branches(x[:, j:j + 1], guided), k, cache, cond,
+                                                   both_branches(prev, guided), offset=j)  # (B', 1, V)
+            token = given[:, j:j + 1] if given is not None else self.draw_tokens(step_logits, k, *knobs)  # (B, 1)
+            logits.append(step_logits)
+            r.append(token)
+            prev = self.tokenizer.quantizer.codebook(token)  # (B, 1, C)
+        return torch.cat(logits, dim=1), torch.cat(r, dim=1)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], cfg_scale: float = 3.0, top_k: int = 0, top_p: float = 1.0,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from hart_mini.config import require
 from hart_mini.model.hart import HART, both_branches, guidance_scale, map_to_tokens, tokens_to_map
 
 
@@ -105,6 +106,8 @@ def sample_latent(model: HART, prompts: list[str], cfg_scale: float = 3.0, top_k
     if use_cache and not (head and model.mode in ("full", "early")):
         return model.sample_latent(prompts, cfg_scale, top_k, top_p, sampling_steps, seed, use_head, forced)
     steps, forced = model._sampling_inputs(prompts, cfg_scale, top_k, top_p, sampling_steps, forced)
+    require(model.cfg.raster_scales == 0, "raster_scales", model.cfg.raster_scales,
+            "0 here: the variants draw every scale in one pass (HART.sample_latent draws raster scales)")
     return sample_latent_variant(model, prompts, cfg_scale, top_k, top_p, steps, seed, use_cache, head, forced)
 
 

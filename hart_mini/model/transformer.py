@@ -11,6 +11,12 @@ a token sees every token of its own scale and of earlier scales (the text counts
 later scale, never padding. Blocks are pre-norm with AdaLN-Zero from the pooled text. At sampling time
 `start` runs the text and `step` runs one new scale against a KV cache, so each scale costs one pass
 over its own pn^2 tokens.
+
+Raster scales (TransformerConfig.raster_scales, ours): in the first raster_scales scales a token sees only the
+tokens before it in its own scale (row by row), and its input also carries the code of the token just before
+it, `prev_embed(e(r_{k, j-1}))`; sampling then draws those scales one token at a time, like a plain
+autoregressive model. The mask is still "key order <= query order", with order = (scale, index in the scale)
+on raster scales and (scale, 0) elsewhere.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import math
 import torch
 import torch.nn as nn
 
-from hart_mini.config import TransformerConfig
+from hart_mini.config import TransformerConfig, require
 from hart_mini.model.blocks import Block, KVCache, rope_angles
 from hart_mini.model.text import TextEncoder, text_condition
 
@@ -42,7 +48,8 @@ def grid_embedding(coords: torch.Tensor, finest: int, width: int) -> torch.Tenso
 
 
 def block_causal_mask(level: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-    """level (N,): the scale of every position (text = 0); key_valid (B, N): False on padding.
+    """level (N,): the scale of every position (text = 0), or any order that refines it (raster scales);
+    key_valid (B, N): False on padding.
     Returns (B, N, N) bool, True where query i may attend to key j: level_j <= level_i and j is real."""
     return (level[None, :, None] >= level[None, None, :]) & key_valid[:, None, :]
 
@@ -68,10 +75,20 @@ class NextScaleTransformer(nn.Module):
         self.head = nn.Linear(D, codebook_size)
         nn.init.zeros_(self.head_modulation[1].weight)
         nn.init.zeros_(self.head_modulation[1].bias)
+        # raster scales: the code of the token before, e(r_{k, j-1}) (C) -> D; zero at the start (the mask alone
+        # already lets a token see the hidden states of the ones before it)
+        self.prev_embed = nn.Linear(latent_channels, D) if cfg.raster_scales else None
+        if self.prev_embed is not None:
+            nn.init.zeros_(self.prev_embed.weight)
+            nn.init.zeros_(self.prev_embed.bias)
         # Per image token: its scale index, and its (x, y) centre on the finest grid (for RoPE).
         levels = torch.cat([torch.full((p * p,), k) for k, p in enumerate(scales)])
         coords = torch.cat([self._grid(p, scales[-1]) for p in scales])
         self.register_buffer("levels", levels, persistent=False)  # (L,)
+        # attention order (L,): level * L + index in the scale on raster scales, level * L elsewhere
+        self.register_buffer("raster", levels < cfg.raster_scales, persistent=False)  # (L,) on a raster scale
+        within = torch.cat([torch.arange(p * p) for p in scales]) * self.raster  # index in the scale, or 0
+        self.register_buffer("order", levels * L + within, persistent=False)  # (L,)
         self.register_buffer("coords", coords, persistent=False)  # (L, 2)
         # 'grid': fixed position features on the coarse scales (pn <= finest / 2), whose inputs are (nearly) the
         # same vector at every position (at 2x2, the 1x1 token upsampled and averaged back): without them, the
@@ -98,13 +115,15 @@ class NextScaleTransformer(nn.Module):
         x = torch.cat([x[:, :-1], x[:, -1:] + scale1], dim=1)  # the last position is scale 1's query
         return x, valid, pooled
 
-    def embed_scales(self, inputs: torch.Tensor, first: int) -> torch.Tensor:
-        """Latent inputs (B, n, C) for image tokens first..first+n-1 -> (B, n, D)."""
-        return self.embed_at(inputs, slice(first, first + inputs.shape[1]))
-
-    def embed_at(self, inputs: torch.Tensor, pos: slice | torch.Tensor) -> torch.Tensor:
-        """Latent inputs (B, n, C) for the image tokens at positions `pos` (a slice or n indices) -> (B, n, D)."""
+    def embed_at(self, inputs: torch.Tensor, pos: slice | torch.Tensor, prev: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Latent inputs (B, n, C) for the image tokens at positions `pos` (a slice or n indices) -> (B, n, D).
+        prev (B, n, C), raster scales only: the code of the token before each one in its scale (0 for none)."""
         x = self.word_embed(inputs) + self.level_embed(self.levels[pos]) + self.grid[pos]
+        if self.prev_embed is not None:  # a parallel scale reads zeros: no token before
+            require(prev is not None or not self.raster[pos].any(), "prev", prev, "the previous tokens' codes "
+                    "(B, n, C): these positions are on raster scales (HART.previous_codes)")
+            x = x + self.prev_embed(prev if prev is not None else torch.zeros_like(inputs))
         return x + self.pos_embed[pos] if self.pos_embed is not None else x
 
     def rope(self, n_text: int, image_positions: slice | torch.Tensor | None) -> torch.Tensor | None:
@@ -127,23 +146,25 @@ class NextScaleTransformer(nn.Module):
     # --- training: one teacher-forced pass ---
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, inputs: torch.Tensor, drop: torch.Tensor,
-                keep: torch.Tensor | None = None):
+                keep: torch.Tensor | None = None, prev: torch.Tensor | None = None):
         """ids, mask (B, T); inputs (B, n, C), the teacher-forcing inputs of the first n image tokens after
         scale 1 (n = L - 1 for all scales); drop (B,) bool. Returns logits (B, 1 + n, V) for image tokens
         0..n and the hidden states h (B, 1 + n, D) they came from.
 
         keep (HART's token subsampling, all scales given): indices in [0, pn_K^2) of the last scale's tokens
         that stay in the sequence; the others leave it, as queries and as keys. Earlier scales never attend to
-        the last one (block-causal), so their outputs do not change. Then n = L - 1 - pn_K^2 + len(keep)."""
+        the last one (block-causal), so their outputs do not change. Then n = L - 1 - pn_K^2 + len(keep).
+        prev (B, n, C), with raster scales: the code of the token before each input's token in its scale."""
         x_text, valid, cond = self.embed_text(ids, mask, drop)
         pos = slice(1, 1 + inputs.shape[1])  # the image tokens the inputs stand for
         if keep is not None:
             last = self.starts[-2]  # first token of the last scale
             pos = torch.cat([torch.arange(1, last, device=keep.device), last + keep])  # (n,)
             inputs = inputs[:, pos - 1]  # (B, n, C)
+            prev = prev[:, pos - 1] if prev is not None else None
         T, n = x_text.shape[1], inputs.shape[1]
-        x = torch.cat([x_text, self.embed_at(inputs, pos)], dim=1)  # (B, T + n, D)
-        level = torch.cat([torch.zeros(T, dtype=torch.long, device=x.device), self.levels[pos]])  # (T+n,)
+        x = torch.cat([x_text, self.embed_at(inputs, pos, prev)], dim=1)  # (B, T + n, D)
+        level = torch.cat([torch.zeros(T, dtype=torch.long, device=x.device), self.order[pos]])  # (T+n,)
         key_ok = torch.cat([valid, valid.new_ones(x.shape[0], n)], dim=1)  # (B, T + n)
         attend = block_causal_mask(level, key_ok)  # (B, T + n, T + n)
         rope = self.rope(T, pos)
@@ -166,11 +187,16 @@ class NextScaleTransformer(nn.Module):
         h = x[:, -1:]
         return self.logits(h, cond), h, cache, cond
 
-    def step(self, inputs: torch.Tensor, k: int, cache: KVCache, cond: torch.Tensor):
-        """Run scale k (k >= 1) from its inputs (B, pn_k^2, C). Returns (logits (B, pn_k^2, V), h)."""
-        first = self.starts[k]
-        x = self.embed_scales(inputs, first)
-        n = x.shape[1]
+    def step(self, inputs: torch.Tensor, k: int, cache: KVCache, cond: torch.Tensor, prev: torch.Tensor | None = None,
+             offset: int = 0):
+        """Run scale k (k >= 1) from its inputs (B, pn_k^2, C). Returns (logits (B, pn_k^2, V), h).
+        A raster scale runs one token at a time: inputs (B, 1, C) for its token `offset`, prev (B, 1, C) the
+        code of the token before it (zeros for the first)."""
+        first = self.starts[k] + offset
+        n = inputs.shape[1]
+        require(k >= self.cfg.raster_scales or n == 1, "inputs", f"{n} tokens",
+                f"one token at a time at scale {k + 1}, a raster scale")
+        x = self.embed_at(inputs, slice(first, first + n), prev)
         cache.valid = torch.cat([cache.valid, cache.valid.new_ones(x.shape[0], n)], dim=1)
         attend = cache.valid[:, None, None, :].expand(-1, 1, n, -1)  # all earlier real tokens + this scale
         rope = None
