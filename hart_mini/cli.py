@@ -242,8 +242,8 @@ def cmd_train_tokenizer(args) -> dict:
 
 def caption_options(preset, args):
     """The preset with --text-position, --text-depth and --adaln-gate (and HART's --scale-balance,
-    --layout-steps and --raster-scales) applied to its transformer (HART and the baseline share it), and --two-objects to its
-    training data."""
+    --layout-steps and --raster-scales) applied to its transformer (HART and the baseline share it), and
+    --two-objects to its training data."""
     changes = {k: v for k, v in (("text_position", args.text_position), ("text_depth", args.text_depth),
                                  ("scale_balance", getattr(args, "scale_balance", None)),
                                  ("layout_steps", getattr(args, "layout_steps", None)),

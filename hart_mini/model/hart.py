@@ -304,7 +304,7 @@ class HART(nn.Module):
         keep = self.kept_last_tokens(ids.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not head_only):
             prev = self.previous_codes(indices)  # raster scales only
-            logits, h = self.transformer(ids, mask, inputs, drop, keep, prev)  # (B, L, V), (B, L, D); L shorter with keep
+            logits, h = self.transformer(ids, mask, inputs, drop, keep, prev)  # (B, L, V), (B, L, D); fewer with keep
         targets = torch.cat([i.flatten(1) for i in indices], dim=1)  # (B, L)
         last = self.transformer.starts[-2]  # first token of the last scale
         weights = self.token_weights  # (L,) the CE weight of each token
@@ -442,10 +442,9 @@ class HART(nn.Module):
                       given: torch.Tensor | None, knobs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw raster scale k token by token: token j runs through the cache with its input x[:, j] (B, pn^2, C)
         and the code of token j - 1, then is drawn (or taken from `given`). -> (logits (B', pn^2, V), r (B, pn^2))."""
-        B, n = x.shape[0], x.shape[1]
         prev = torch.zeros_like(x[:, :1])  # (B, 1, C): no token before the first
         logits, r = [], []
-        for j in range(n):
+        for j in range(x.shape[1]):
             step_logits, _ = self.transformer.step(both_branches(x[:, j:j + 1], guided), k, cache, cond,
                                                    both_branches(prev, guided), offset=j)  # (B', 1, V)
             token = given[:, j:j + 1] if given is not None else self.draw_tokens(step_logits, k, *knobs)  # (B, 1)
