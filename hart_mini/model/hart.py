@@ -416,12 +416,12 @@ class HART(nn.Module):
         indices, raw_logits = [], []
         for k, pn in enumerate(self.scales):
             given = forced[k].to(ids.device).flatten(1) if k < len(forced) else None  # (B, pn^2) or None
+            # scale k reads f_hat so far, area-downsampled to pn_k: x (B, pn^2, C)
+            x = map_to_tokens(q.next_input(f_hat, k - 1)) if k > 0 else None
             if 0 < k < self.cfg.raster_scales:  # a raster scale: one token at a time, each reading the one before
-                logits, r = self._raster_scale(map_to_tokens(q.next_input(f_hat, k - 1)), k, cache, cond, guided,
-                                               given, (cfg_scale, top_k, top_p, generator))
+                logits, r = self._raster_scale(x, k, cache, cond, guided, given, (cfg_scale, top_k, top_p, generator))
             else:
-                if k > 0:  # scale k reads f_hat so far, area-downsampled to pn_k
-                    x = map_to_tokens(q.next_input(f_hat, k - 1))  # (B, pn^2, C)
+                if k > 0:
                     logits, h = self.transformer.step(both_branches(x, guided), k, cache, cond)  # (B', pn^2, V|D)
                 r = given if given is not None else self.draw_tokens(logits, k, cfg_scale, top_k, top_p, generator)
             raw_logits.append(logits[:B])

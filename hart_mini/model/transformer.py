@@ -120,10 +120,10 @@ class NextScaleTransformer(nn.Module):
         """Latent inputs (B, n, C) for the image tokens at positions `pos` (a slice or n indices) -> (B, n, D).
         prev (B, n, C), raster scales only: the code of the token before each one in its scale (0 for none)."""
         x = self.word_embed(inputs) + self.level_embed(self.levels[pos]) + self.grid[pos]
-        if self.prev_embed is not None:  # a parallel scale reads zeros: no token before
+        if self.prev_embed is not None:  # a parallel scale reads zeros, no token before: prev_embed(0) = its bias
             require(prev is not None or not self.raster[pos].any(), "prev", prev, "the previous tokens' codes "
                     "(B, n, C): these positions are on raster scales (HART.previous_codes)")
-            x = x + self.prev_embed(prev if prev is not None else torch.zeros_like(inputs))
+            x = x + (self.prev_embed(prev) if prev is not None else self.prev_embed.bias)
         return x + self.pos_embed[pos] if self.pos_embed is not None else x
 
     def rope(self, n_text: int, image_positions: slice | torch.Tensor | None) -> torch.Tensor | None:
