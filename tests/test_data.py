@@ -20,6 +20,7 @@ from hart_mini.model.data import (
     TEXTURES,
     ImageFolder,
     ToyShapes,
+    mottle,
     render,
     true_relations,
 )
@@ -157,3 +158,19 @@ def test_folder_dataset_errors_name_the_problem(tmp_path):
     (tmp_path / "empty_class" / "broken.png").write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         ImageFolder(tmp_path)
+
+
+def test_mottle_is_the_bilinear_upsampling_of_its_grid():
+    # mottle() runs in torch (numpy's einsum left OpenBLAS threads spinning beside the training step): it must
+    # still be the separable bilinear interpolation of the grid, here written out elementwise in numpy
+    grid = np.random.default_rng(0).normal(0.0, 1.0, size=(3, 9, 9, 3)).astype(np.float32)
+    size = 32
+    pos = (np.arange(size) + 0.5) * (grid.shape[1] - 1) / size
+    lo = np.minimum(pos.astype(int), grid.shape[1] - 2)
+    w = (pos - lo)[None, :, None, None]
+    rows = grid[:, lo] * (1 - w) + grid[:, lo + 1] * w  # along h: (3, H, 9, 3)
+    w = w.transpose(0, 2, 1, 3)
+    expected = rows[:, :, lo] * (1 - w) + rows[:, :, lo + 1] * w  # along w: (3, H, W, 3)
+    got = mottle(grid, size)
+    assert got.dtype == np.float32 and got.shape == (3, size, size, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
