@@ -214,7 +214,8 @@ def mottle(grid: np.ndarray, image_size: int) -> np.ndarray:
     # training step that follows (the frozen tokenizer's encoder ran 2.5x slower); torch shares one thread
     # pool. The same numbers (identical uint8 images over 3 000 training scenes).
     M = torch.from_numpy(M)
-    return torch.einsum("hg,bgkc,wk->bhwc", M, torch.from_numpy(grid), M).numpy()
+    with torch.autocast("cpu", enabled=False):  # float32 inside a caller's bf16 autocast too
+        return torch.einsum("hg,bgkc,wk->bhwc", M, torch.from_numpy(grid), M).numpy()
 
 
 def render(scenes: list[Scene], noise: np.ndarray, image_size: int) -> np.ndarray:
