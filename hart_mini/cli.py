@@ -129,14 +129,14 @@ def add_caption_options(p) -> None:
     from hart_mini.config import TEXT_POSITIONS
 
     p.add_argument("--text-position", choices=TEXT_POSITIONS, default=None,
-                   help="how the caption encoder tells word order (default: the preset's, learned): see "
-                        "TextEncoder in hart_mini/model/text.py")
+                   help="how the caption encoder tells word order (default: the preset's; cpu: phrases, gpu and "
+                        "smoke: learned): see TextEncoder in hart_mini/model/text.py")
     p.add_argument("--text-depth", type=count(0), default=None,
                    help="transformer blocks of the caption encoder (default: the preset's; 0: the word and position "
                         "vectors go to the generator as they are, notebook 09 section 7)")
     p.add_argument("--adaln-gate", type=fraction, default=None,
-                   help="initial gate of the generator blocks' AdaLN: 0 is AdaLN-Zero (the preset's), 1 a plain "
-                        "pre-norm block at the start (TransformerConfig.adaln_gate)")
+                   help="initial gate of the generator blocks' AdaLN: 0 is AdaLN-Zero, 1 a plain pre-norm block at the "
+                        "start (TransformerConfig.adaln_gate; default: the preset's, cpu 1, gpu and smoke 0)")
     p.add_argument("--two-objects", type=fraction, default=None,
                    help="share of training images with two objects and a relation (DataConfig.p_two_objects; "
                         "default: the preset's, 0.35); evaluation keeps the preset's held-out mix")
@@ -727,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "gives every scale the same total weight (TransformerConfig.scale_balance)")
     p.add_argument("--layout-steps", type=count(0), default=None,
                    help="steps on the coarse scales alone (1x1..3x3) before the full training, where relations are "
-                        "learned (TransformerConfig.layout_steps; default: the preset's, 0)")
+                        "learned (TransformerConfig.layout_steps; default: the preset's, cpu 2000, gpu and smoke 0)")
     p.add_argument("--raster-scales", type=count(0), default=None,
                    help="draw the first N scales one token at a time, each token seeing the ones before it in its "
                         "scale (TransformerConfig.raster_scales; default: the preset's, 0: VAR's parallel scales)")

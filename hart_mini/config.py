@@ -120,10 +120,11 @@ class TransformerConfig:
     text_len: int = 16  # T: captions are left-padded to this many words
     text_depth: int = 2  # blocks of the text encoder
     # How the text encoder tells word order (model/text.py): learned, a vector per padded slot at std 0.02,
-    # 25x below the word vectors (what the shipped models use: order-blind in practice); counted, a vector
+    # 25x below the word vectors (the default, what the gpu models use: order-blind in practice); counted, a vector
     # per word counted from the caption's first word, at the word vectors' scale; segments, counted plus a
     # vector for the noun phrase each word belongs to (a new phrase starts at each article "a"); phrases,
-    # counted plus the mean word vector of that phrase (binds an object's words without encoder blocks)
+    # counted plus the mean word vector of that phrase (binds an object's words without encoder blocks; the
+    # cpu models since 2026-12-05)
     text_position: str = "learned"
     # absolute: a learned vector per image token (VAR, initialised at std 0.02); grid: also fixed 2-D sin/cos
     # features of each coarse token's centre on the finest grid (scales with pn <= finest / 2), similar for the
@@ -364,7 +365,11 @@ def _build(name: str) -> Preset:
             tokenizer=TokenizerConfig(channels=64, latent_channels=16, codebook_size=512),
             tokenizer_train=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=200),
             decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
-            transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=2),
+            # A caption encoder that reads word order (issue 21, notebook 09, section 7): each word plus the mean
+            # word vector of its noun phrase, no encoder blocks; plain pre-norm blocks at the start (AdaLN gate
+            # 1); 2 000 steps on the 1x1..3x3 scales alone first, where relations are learned
+            transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=0, text_position="phrases",
+                                          adaln_gate=1.0, layout_steps=2000),
             # The head that samples: trained 300 steps alone after the joint training, on the true last-scale
             # tokens, reading nothing; 16 unguided DDIM steps (8 draw residuals 24 % too small), as many MLP
             # passes as HART's 8 guided ones (notebook 07, section 5)
@@ -372,7 +377,9 @@ def _build(name: str) -> Preset:
             hart_train=TrainConfig(steps=2800, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
                                    ema=0.995, weight_decay=0.05),
             judge_train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=500),
-            baseline_train=TrainConfig(steps=5300, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250,
+            # the baseline gets HART's training time (0.13 s a step alone on 2 threads since the 2026-12-05 speed
+            # fix, HART 1 156 s): 5 300 steps were its time before it, when HART had no layout stage
+            baseline_train=TrainConfig(steps=8000, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250,
                                        ema=0.995, weight_decay=0.05),
         )
     # One GPU: 64 px, VAR's 256-px scale schedule. Sized so that the whole pipeline (every model below, the

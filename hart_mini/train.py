@@ -739,6 +739,9 @@ def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None
     run, device, deadline = _start(run)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
     out = _prepare(out, "diffusion", run, preset, command, tok_path)
+    # the baseline has no scales: the fields of HART's scale schedule do not apply (its file says so)
+    preset = dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, layout_steps=0,
+                                                                         raster_scales=0))
     torch.manual_seed(preset.baseline_train.seed)
     model = LatentDiffusion(preset.transformer, tok, CaptionTokenizer.toyshapes(preset.transformer.text_len),
                             preset.baseline).to(device)

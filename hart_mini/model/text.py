@@ -127,7 +127,8 @@ class TextEncoder(nn.Module):
     How it tells word order (`position`, TransformerConfig.text_position):
       learned   x_t = e(w_t) + p_t, p_t for padded slot t, initialised at std 0.02: 25x smaller than the word
                 vectors (std 1), and a word's slot moves with the caption's length (left padding). The
-                shipped models use it; `diagnose text` shows they do not read word order.
+                gpu models and the cpu ones before 2026-12-05 use it; `diagnose text` shows they do not read
+                word order.
       counted   p indexed by the word's place counted from the caption's first word, at std 1
       segments  counted, plus s_j for the noun phrase j the word is in: phrase j starts at the j-th article
                 ("a"), so the colour of the first object and of the second get different inputs
