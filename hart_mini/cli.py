@@ -138,8 +138,8 @@ def add_caption_options(p) -> None:
                    help="initial gate of the generator blocks' AdaLN: 0 is AdaLN-Zero, 1 a plain pre-norm block at the "
                         "start (TransformerConfig.adaln_gate; default: the preset's, cpu 1, gpu and smoke 0)")
     p.add_argument("--two-objects", type=fraction, default=None,
-                   help="share of training images with two objects and a relation (DataConfig.p_two_objects; "
-                        "default: the preset's, 0.35); evaluation keeps the preset's held-out mix")
+                   help="share of training images with two objects and a relation (TrainConfig.two_objects; "
+                        "default: the preset's; none set: the data's 0.35); evaluations keep the data's mix")
 
 
 def add_preset(parser: argparse.ArgumentParser) -> None:
@@ -250,8 +250,10 @@ def caption_options(preset, args):
                                  ("raster_scales", getattr(args, "raster_scales", None)),
                                  ("adaln_gate", args.adaln_gate)) if v is not None}
     preset = dataclasses.replace(preset, transformer=dataclasses.replace(preset.transformer, **changes))
-    if args.two_objects is not None:
-        preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, p_two_objects=args.two_objects))
+    if args.two_objects is not None:  # the generators' training mix; evaluations keep the data's
+        preset = dataclasses.replace(preset, **{name: dataclasses.replace(getattr(preset, name),
+                                                                          two_objects=args.two_objects)
+                                                for name in ("hart_train", "baseline_train")})
     return preset
 
 

@@ -304,6 +304,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (and figures)
     log_every: int = 10  # steps between history entries
     seed: int = 0
+    # Generators only (HART, the baseline): the share of training images with two objects, drawn as a new
+    # training set of DataConfig.train_size images with that mix; None keeps the data's own (p_two_objects).
+    # The held-out prompts of every evaluation keep the data's mix.
+    two_objects: float | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -317,6 +321,8 @@ class TrainConfig:
         require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
         require(0 <= self.ema < 1, "ema", self.ema, "a number in [0, 1) (0 = off)")
         require(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        require(self.two_objects is None or 0.0 <= self.two_objects <= 1.0, "two_objects", self.two_objects,
+                "None or a number in [0, 1]")
 
 
 @dataclass(frozen=True)

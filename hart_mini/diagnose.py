@@ -136,11 +136,13 @@ def forced_scales(model, judge, data_config, n: int = 500, cfg_scale: float = 3.
                   batch_size: int = 100, ks: list[int] | None = None) -> list[dict]:
     """Prompt accuracy when the true tokens of scales 1..k are given and the model draws the rest.
 
-    One row per k in ks (default 0..K): {'k', 'forced_tokens', 'n', 'prompt_accuracy', 'acc_*'}. k = 0 is
-    plain sampling; k = K decodes the true discrete tokens with the head's residual on top.
+    One row per k in ks (default 0..K): {'k', 'forced_tokens', 'n', 'prompt_accuracy', 'acc_*', 'objects_two'}.
+    k = 0 is plain sampling; k = K decodes the true discrete tokens with the head's residual on top.
+    objects_two: per-object accuracy in the two-object images drawn with two objects (judge.object_accuracy),
+    objects_one the same for one-object images: which scale loses a two-object scene's shapes.
     """
     from hart_mini.measure.evaluate import held_out
-    from hart_mini.measure.judge import prompt_accuracy
+    from hart_mini.measure.judge import object_accuracy, prompt_accuracy
 
     if n < 1:
         raise ValueError(f"n={n} is invalid: expected at least 1 prompt")
@@ -149,20 +151,19 @@ def forced_scales(model, judge, data_config, n: int = 500, cfg_scale: float = 3.
     real = held_out(data_config, n)
     rows = []
     for k in tqdm(ks, desc="forced scales", leave=False):
-        hits, total = {}, 0
+        fakes = []
         for start in range(0, n, batch_size):
             images = real["image"][start:start + batch_size].to(device)
-            captions = real["caption"][start:start + batch_size]
             truth = model.tokenizer.tokenize(images).indices
-            out = model.sample_latent(captions, cfg_scale=cfg_scale, seed=seed + start, forced=truth[:k])
-            fakes = model.tokenizer.decode(out["latent"], out["path"]).clamp(-1, 1)
-            part = prompt_accuracy(judge, fakes, captions)
-            for key, value in part.items():
-                if key != "n":
-                    hits[key] = hits.get(key, 0.0) + value * part["n"]
-            total += part["n"]
-        rows.append({"k": k, "forced_tokens": sum(p * p for p in model.scales[:k]), "n": total,
-                     **{key: round(v / total, 4) for key, v in hits.items()}})
+            out = model.sample_latent(real["caption"][start:start + batch_size], cfg_scale=cfg_scale,
+                                      seed=seed + start, forced=truth[:k])
+            fakes.append(model.tokenizer.decode(out["latent"], out["path"]).clamp(-1, 1).cpu())
+        fakes = torch.cat(fakes)  # (n, 3, H, W)
+        row = {"k": k, "forced_tokens": sum(p * p for p in model.scales[:k]),
+               **{key: round(v, 4) for key, v in prompt_accuracy(judge, fakes, real["caption"]).items()}}
+        for objects, name in ((1, "objects_one"), (2, "objects_two")):
+            row[name] = {key: round(v, 4) for key, v in object_accuracy(judge, fakes, real["caption"], objects).items()}
+        rows.append(row)
     return rows
 
 
@@ -286,6 +287,9 @@ def figure(result: dict):
     for key, label in (("prompt_accuracy", "prompt accuracy"), ("acc_position", "position"),
                        ("acc_relation", "relation"), ("acc_shape", "shape")):
         right.plot(ks, [r.get(key, float("nan")) for r in rows], marker="o", label=label)
+    if "objects_two" in rows[0]:  # files written before 2026-12-06 lack it
+        right.plot(ks, [r["objects_two"]["shape"] for r in rows], marker="s", ls="--",
+                   label="shape per object, two-object images")
     right.set_xticks(ks, ["none"] + [f"1..{scales[k - 1]}x{scales[k - 1]}" for k in ks[1:]], rotation=30)
     right.set_xlabel("true tokens given for scales")
     right.set_ylim(0, 1.02)

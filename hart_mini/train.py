@@ -557,6 +557,14 @@ def _frozen_tokenizer(preset, tokenizer: str | Path | None, device: torch.device
     return tok, path
 
 
+def training_mix(preset, cfg: TrainConfig):
+    """The preset with its data at the generator's two-object share (TrainConfig.two_objects), where `cfg` sets
+    one: HART and the baseline train, and measure their latent's scale, on that mix. Evaluations keep the data's."""
+    if cfg.two_objects is None:
+        return preset
+    return dataclasses.replace(preset, data=dataclasses.replace(preset.data, p_two_objects=cfg.two_objects))
+
+
 def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_path: Path, meta: dict,
                      run: RunOptions, device: torch.device, deadline: float | None, command: str,
                      tokens_per_sample: int, data=None, layout_steps: int = 0) -> dict:
@@ -597,7 +605,8 @@ def _train_generator(model, name: str, preset, cfg: TrainConfig, out: Path, tok_
         summary["model"] = str(_write_model(
             model, out, f"{name.lower().split()[0]}.safetensors", tok_path, result["finished"],
             {"preset": preset.name, "train_seconds": round(result["seconds"], 1), "command": command,
-             "device": describe_device(device), "torch": torch.__version__, **_final_meta(result, cfg)}))
+             "device": describe_device(device), "torch": torch.__version__, **_final_meta(result, cfg),
+             **({"data": dataclasses.asdict(preset.data)} if isinstance(data, ToyShapes) else {})}))
     return summary
 
 
@@ -676,6 +685,7 @@ def train_hart(preset, out: str | Path, tokenizer: str | Path | None = None, run
     from hart_mini.model.text import CaptionTokenizer
 
     run, device, deadline = _start(run)
+    preset = training_mix(preset, preset.hart_train)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
     out = _prepare(out, "hart", run, preset, command, tok_path)
     head = preset.head if mode is None else preset.head.for_mode(mode)
@@ -701,6 +711,7 @@ def train_head(preset, out: str | Path, source: str | Path, run: RunOptions | No
     from hart_mini.runtime import describe_device, world
 
     run, device, deadline = _start(run)
+    preset = training_mix(preset, preset.hart_train)
     source = Path(source) / "hart.safetensors" if Path(source).is_dir() else Path(source)
     model = HART.from_file(source, device)
     require(model.mode == "last", "source", str(source), f"a HART with the 'last' head (it has {model.mode!r})")
@@ -737,6 +748,7 @@ def train_diffusion(preset, out: str | Path, tokenizer: str | Path | None = None
     from hart_mini.model.text import CaptionTokenizer
 
     run, device, deadline = _start(run)
+    preset = training_mix(preset, preset.baseline_train)
     tok, tok_path = _frozen_tokenizer(preset, tokenizer, device)
     out = _prepare(out, "diffusion", run, preset, command, tok_path)
     # the baseline has no scales: the fields of HART's scale schedule do not apply (its file says so)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hart_mini.config import DataConfig, get_preset
+from hart_mini.config import DataConfig, TrainConfig, get_preset
 
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
@@ -30,6 +30,11 @@ def test_env_variable_selects_default_preset(monkeypatch):
 def test_bad_values_name_field_value_and_what_is_valid(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DataConfig(**kwargs)
+
+
+def test_a_training_mix_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match=r"two_objects=1.2 is invalid: expected None or a number in \[0, 1\]"):
+        TrainConfig(two_objects=1.2)
 
 
 def test_unknown_preset_name():

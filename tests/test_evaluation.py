@@ -11,7 +11,7 @@ from hart_mini.measure.evaluate import attribute_counts
 from hart_mini.measure.judge import NONE, Judge, cell_targets, prompt_accuracy
 from hart_mini.measure.metrics import frechet_distance
 from hart_mini.model.baselines import LatentDiffusion
-from hart_mini.model.data import ToyShapes, parse_caption
+from hart_mini.model.data import SHAPES, ToyShapes, parse_caption
 from hart_mini.model.text import CaptionTokenizer
 from hart_mini.model.tokenizer import HybridTokenizer
 
@@ -90,6 +90,31 @@ def test_one_and_two_object_prompt_accuracy_split_the_overall_one():
     assert result["prompt_accuracy"] == pytest.approx(weighted)
     counts = attribute_counts(batch["caption"])
     assert counts["prompt_accuracy_two"] == n2 and counts["prompt_accuracy_one"] == 100 - n2
+
+
+def test_object_accuracy_counts_each_object_of_the_images_with_the_right_count():
+    """A perfect judge reads every object right; captions whose two objects' shapes are swapped (objects that
+    differ in every attribute, so the pairing stays the right one) make exactly those shapes wrong and nothing
+    else; one-object images are counted apart."""
+    from hart_mini.measure.judge import object_accuracy
+
+    batch = ToyShapes(PRESET.data).batch(range(200))
+    oracle = _Oracle(batch["labels"])
+    two = [i for i, c in enumerate(batch["caption"]) if len(parse_caption(c)["objects"]) == 2]
+    assert object_accuracy(oracle, batch["image"], batch["caption"]) == {
+        "images": len(two), "shape": 1.0, "colour": 1.0, "size": 1.0, "texture": 1.0}
+    assert object_accuracy(oracle, batch["image"], batch["caption"], objects=1)["images"] == 200 - len(two)
+    captions, swapped = list(batch["caption"]), 0
+    for i in two:
+        first, second = parse_caption(captions[i])["objects"]
+        if all(a != b for a, b in zip(first, second)):
+            words = captions[i].split()
+            at = [j for j, w in enumerate(words) if w in SHAPES]
+            words[at[0]], words[at[1]] = words[at[1]], words[at[0]]
+            captions[i], swapped = " ".join(words), swapped + 1
+    result = object_accuracy(oracle, batch["image"], captions)
+    assert swapped > 0 and result["colour"] == result["size"] == result["texture"] == 1.0
+    assert result["shape"] == pytest.approx(1 - swapped / len(two))
 
 
 def _one_image_judge(cells: dict):

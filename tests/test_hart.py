@@ -147,6 +147,20 @@ def test_two_runs_agree_and_training_resumes_exactly(tmp_path):
     assert meta["head"]["mode"] == "last" and (tmp_path / "whole" / "samples.png").is_file()
 
 
+def test_a_training_mix_changes_the_training_images_and_not_the_evaluation(tmp_path):
+    from hart_mini.train import training_mix
+
+    preset = _short(2)
+    preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, two_objects=1.0))
+    mixed = training_mix(preset, preset.hart_train)
+    assert mixed.data.p_two_objects == 1.0 and preset.data.p_two_objects == PRESET.data.p_two_objects
+    train = ToyShapes(mixed.data, "train")
+    assert all(len(train.scene(i).objects) == 2 for i in range(50))
+    train_hart(preset, tmp_path / "run", _tokenizer_file(tmp_path))
+    assert checkpoint.load(tmp_path / "run" / "hart.safetensors")[1]["data"]["p_two_objects"] == 1.0
+    assert training_mix(PRESET, PRESET.judge_train) is PRESET  # no mix set: the data's own
+
+
 def test_cli_trains_discrete_only_and_samples(tmp_path, capsys):
     tok = _tokenizer_file(tmp_path)
     out = tmp_path / "run"

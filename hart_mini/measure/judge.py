@@ -175,6 +175,27 @@ def prompt_accuracy(judge: Judge, images: torch.Tensor, captions: list[str]) -> 
 
 
 @torch.no_grad()
+def object_accuracy(judge: Judge, images: torch.Tensor, captions: list[str], objects: int = 2) -> dict:
+    """Each attribute's accuracy per object, over the images of `objects`-object captions in which the judge
+    sees exactly that many objects (paired with the caption's by `pair_objects`): when a two-object image has
+    the right count, which attribute goes wrong, and is it worse than in one-object images?
+    -> {'images': the images counted, 'shape': share of their objects drawn with the named shape, ...}"""
+    pred = {k: v.cpu() for k, v in judge.predict(images).items()}
+    hits, seen_objects, images_counted = dict.fromkeys(ATTRIBUTES, 0), 0, 0
+    for b, caption in enumerate(captions):
+        want, seen = parse_caption(caption), _objects(pred, b)
+        if len(want["objects"]) != objects or len(seen) != objects:
+            continue
+        images_counted += 1
+        for (_, got), wanted in zip(pair_objects(seen, want), want["objects"]):
+            seen_objects += 1
+            for i, name in enumerate(ATTRIBUTES):
+                hits[name] += int(got[i] == wanted[i])
+    share = {k: v / seen_objects if seen_objects else float("nan") for k, v in hits.items()}
+    return {"images": images_counted, **share}
+
+
+@torch.no_grad()
 def misses(judge: Judge, images: torch.Tensor, captions: list[str]) -> list[list[str]]:
     """For each image, the parts of its caption the judge does not see ([] when it sees all of them):
     a figure can name each sample's failures under it."""
