@@ -139,7 +139,7 @@ def add_caption_options(p) -> None:
                         "start (TransformerConfig.adaln_gate; default: the preset's, cpu 1, gpu and smoke 0)")
     p.add_argument("--two-objects", type=fraction, default=None,
                    help="share of training images with two objects and a relation (TrainConfig.two_objects; "
-                        "default: the preset's; none set: the data's 0.35); evaluations keep the data's mix")
+                        "default: the preset's, cpu 0.5, smoke and gpu the data's 0.35); evaluations keep theirs")
 
 
 def add_preset(parser: argparse.ArgumentParser) -> None:

@@ -380,13 +380,16 @@ def _build(name: str) -> Preset:
             # tokens, reading nothing; 16 unguided DDIM steps (8 draw residuals 24 % too small), as many MLP
             # passes as HART's 8 guided ones (notebook 07, section 5)
             head=HeadConfig(condition="none", true_token_share=1.0, stage_steps=300, sampling_steps=16),
+            # Half the training images hold two objects (the data's own mix, which every evaluation keeps, is 35 %):
+            # a two-object scene's last scale must bind each shape to its object, and learns it from these scenes
+            # alone (notebook 09, section 7)
             hart_train=TrainConfig(steps=2800, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
-                                   ema=0.995, weight_decay=0.05),
+                                   ema=0.995, weight_decay=0.05, two_objects=0.5),
             judge_train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=500),
             # the baseline gets HART's training time (0.13 s a step alone on 2 threads since the 2026-12-05 speed
             # fix, HART 1 156 s): 5 300 steps were its time before it, when HART had no layout stage
             baseline_train=TrainConfig(steps=8000, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250,
-                                       ema=0.995, weight_decay=0.05),
+                                       ema=0.995, weight_decay=0.05, two_objects=0.5),  # HART's mix too
         )
     # One GPU: 64 px, VAR's 256-px scale schedule. Sized so that the whole pipeline (every model below, the
     # evaluation on 2 000 prompts, the benchmark, the export) fits 8 minutes on one H100 at ~0.99 of these
