@@ -242,8 +242,8 @@ def cmd_train_tokenizer(args) -> dict:
 
 def caption_options(preset, args):
     """The preset with --text-position, --text-depth and --adaln-gate (and HART's --scale-balance,
-    --layout-steps, --layout-scales and --raster-scales) applied to its transformer (HART and the baseline share it), and
-    --two-objects to its training data."""
+    --layout-steps, --layout-scales and --raster-scales) applied to its transformer (HART and the baseline share
+    it), and --two-objects to its training data."""
     changes = {k: v for k, v in (("text_position", args.text_position), ("text_depth", args.text_depth),
                                  ("scale_balance", getattr(args, "scale_balance", None)),
                                  ("layout_steps", getattr(args, "layout_steps", None)),
@@ -729,11 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cross-entropy weight of a scale's tokens: 0 weighs every token alike (the preset's), 1 "
                         "gives every scale the same total weight (TransformerConfig.scale_balance)")
     p.add_argument("--layout-steps", type=count(0), default=None,
-                   help="steps on the coarse scales alone (1x1..3x3) before the full training, where relations are "
-                        "learned (TransformerConfig.layout_steps; default: the preset's, cpu 2000, gpu and smoke 0)")
+                   help="steps on the coarse scales alone (--layout-scales) before the full training, where "
+                        "relations are learned (TransformerConfig.layout_steps; default: the preset's, cpu 2000, "
+                        "gpu and smoke 0)")
     p.add_argument("--layout-scales", type=count(1), default=None,
                    help="how many coarse scales the layout stage trains (TransformerConfig.layout_scales; default: "
-                        "the preset's, 3: 1x1..3x3)")
+                        "the preset's; cpu 4: 1x1..4x4)")
     p.add_argument("--raster-scales", type=count(0), default=None,
                    help="draw the first N scales one token at a time, each token seeing the ones before it in its "
                         "scale (TransformerConfig.raster_scales; default: the preset's, 0: VAR's parallel scales)")

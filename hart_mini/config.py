@@ -135,7 +135,7 @@ class TransformerConfig:
     # mean of 1 over the L tokens: 0 weighs every token alike (VAR), 1 gives every scale the same total weight.
     scale_balance: float = 0.0
     # A layout stage (ours: VAR and HART have none; notebook 09, section 7): before the full training, HART
-    # trains this many steps on the first layout_scales scales alone (1x1..3x3: 14 of the cpu preset's 130
+    # trains this many steps on the first layout_scales scales alone (the cpu preset's 1x1..4x4: 30 of its 130
     # tokens, several times cheaper a step), where the layout is decided. A relation ("left of") is learned
     # only after thousands of such steps, too many at full length for a CPU budget. 0: none. The diffusion
     # baseline has no scales and ignores both fields.
@@ -373,9 +373,10 @@ def _build(name: str) -> Preset:
             decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
             # A caption encoder that reads word order (issue 21, notebook 09, section 7): each word plus the mean
             # word vector of its noun phrase, no encoder blocks; plain pre-norm blocks at the start (AdaLN gate
-            # 1); 2 000 steps on the 1x1..3x3 scales alone first, where relations are learned
+            # 1); 2 000 steps on the 1x1..4x4 scales alone first, where relations are learned (with 4x4 in the
+            # stage, shapes and FD improve too: notebook 09, section 7)
             transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=0, text_position="phrases",
-                                          adaln_gate=1.0, layout_steps=2000),
+                                          adaln_gate=1.0, layout_steps=2000, layout_scales=4),
             # The head that samples: trained 300 steps alone after the joint training, on the true last-scale
             # tokens, reading nothing; 16 unguided DDIM steps (8 draw residuals 24 % too small), as many MLP
             # passes as HART's 8 guided ones (notebook 07, section 5)

@@ -631,9 +631,9 @@ def _layout_stage(model, cfg: TrainConfig, steps: int, data, out: Path, meta: di
     learning rate as the full training, its own warm-up, then a constant rate (no decay), no weight average.
     Returns fit's result.
 
-    Why: where the objects go is decided at 1x1..3x3, and a relation ("left of") is learned only after
+    Why: where the objects go is decided at 1x1..4x4, and a relation ("left of") is learned only after
     thousands of steps there, suddenly (notebook 09, section 7): a decaying rate would slow it just before.
-    A step that stops at 3x3 costs a fraction of a full one."""
+    A step that stops at 4x4 costs a fraction of a full one."""
     stage_cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps // 4), ema=0.0,
                                     lr_min=cfg.lr,  # cosine from lr to lr: constant
                                     checkpoint_every=min(cfg.checkpoint_every, steps),
