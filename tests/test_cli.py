@@ -122,12 +122,12 @@ def test_caption_options_reach_the_training_preset_and_leave_evaluation_alone():
 
     args = build_parser().parse_args(["train", "hart", "--out", "runs/x", "--text-position", "counted",
                                       "--two-objects", "0.7", "--text-depth", "0", "--layout-steps", "50",
-                                      "--layout-scales", "4", "--adaln-gate", "1", "--raster-scales", "3"])
+                                      "--layout-scales", "2", "--adaln-gate", "1", "--raster-scales", "3"])
     preset = caption_options(get_preset("cpu"), args)
     assert preset.hart_train.two_objects == preset.baseline_train.two_objects == 0.7  # the generators' training mix
     assert preset.data.p_two_objects == 0.35 and preset.transformer.text_position == "counted"  # eval's stays
     assert preset.transformer.text_depth == 0 and preset.transformer.layout_steps == 50
-    assert preset.transformer.layout_scales == 4
+    assert preset.transformer.layout_scales == 2  # not the cpu preset's 4
     assert preset.transformer.adaln_gate == 1.0 and preset.transformer.raster_scales == 3
     baseline = caption_options(get_preset("cpu"), build_parser().parse_args(
         ["train", "diffusion", "--out", "runs/x", "--text-depth", "0"]))  # no --layout-steps: it has no scales
