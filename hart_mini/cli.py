@@ -273,7 +273,9 @@ def cmd_train_hart(args) -> dict:
     mode = "off" if args.no_residual_head else args.mode
     preset = head_options(caption_options(get_preset(args.preset), args), args.train_seed,
                           stage_steps=args.head_stage_steps, true_token_share=args.true_token_share,
-                          condition=args.head_condition)
+                          condition=args.head_condition, loss_weight=args.joint_head_weight)
+    if args.steps is not None:  # the full training's; the layout and head stages keep theirs
+        preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, steps=args.steps))
     result = train_hart(preset, args.out, args.tokenizer, run_options(args, "hart"), command_line(), mode)
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
@@ -722,6 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-condition", choices=HEAD_CONDITIONS, default=None,
                    help="what the head reads: hidden+token (HART's z) or none (the residuals' distribution alone; "
                         "HeadConfig.condition, default: the preset's)")
+    p.add_argument("--joint-head-weight", type=fraction, default=None,
+                   help="lambda of the full training's loss CE + lambda * the head's diffusion loss (HeadConfig."
+                        "loss_weight; default: the preset's); 0, with a head stage: CE alone, and the head learns "
+                        "in its stage only")
+    p.add_argument("--steps", type=count(1), default=None,
+                   help="steps of the full training (the preset's hart_train.steps; the layout and head stages "
+                        "keep theirs)")
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the initial weights and the batches, in [0, 2**32) (default: the preset's, 0)")
     add_caption_options(p)

@@ -116,6 +116,25 @@ def test_eval_judge_scores_real_images_and_says_when_a_judge_misreads_them(capsy
     assert json.loads(capsys.readouterr().out)["real_prompt_accuracy"] < 0.5
 
 
+def test_train_hart_options_reach_the_head_and_the_full_training(tmp_path, monkeypatch, capsys):
+    import hart_mini.train
+    from hart_mini.config import get_preset
+
+    seen = {}
+    monkeypatch.setattr(hart_mini.train, "train_hart", lambda preset, *a, **k: seen.setdefault("preset", preset) and {})
+    assert main(["train", "hart", "--preset", "cpu", "--out", str(tmp_path / "x"), "--joint-head-weight", "0.5",
+                 "--steps", "123"]) == 0
+    cpu = get_preset("cpu")
+    assert seen["preset"].head.loss_weight == 0.5 != cpu.head.loss_weight  # the cpu preset's is 0
+    assert seen["preset"].hart_train.steps == 123 != cpu.hart_train.steps
+    assert seen["preset"].transformer.layout_steps == cpu.transformer.layout_steps  # its stage keeps its steps
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "hart", "--out", "runs/x", "--joint-head-weight", "-1"])
+    assert main(["train", "hart", "--preset", "cpu", "--out", str(tmp_path / "y"), "--joint-head-weight", "0",
+                 "--head-stage-steps", "0"]) == 2
+    assert "never learn" in capsys.readouterr().err
+
+
 def test_caption_options_reach_the_training_preset_and_leave_evaluation_alone():
     from hart_mini.cli import caption_options
     from hart_mini.config import get_preset

@@ -261,6 +261,28 @@ def test_head_only_loss_gives_no_gradient_to_the_transformer():
         _model("off").loss(batch["image"], batch["caption"], head_only=True)
 
 
+def test_a_joint_weight_of_zero_trains_the_transformer_on_its_cross_entropy_alone():
+    batch = ToyShapes(PRESET.data).batch(range(4))
+    losses = {}
+    for weight in (1.0, 0.0):
+        model = _model("last", loss_weight=weight, stage_steps=3).train()
+        torch.manual_seed(1)  # the same dropped captions for both
+        losses[weight] = model.loss(batch["image"], batch["caption"])
+    (joint, joint_logs), (alone, alone_logs) = losses[1.0], losses[0.0]
+    assert "diff" in joint_logs and "diff" not in alone_logs
+    assert torch.equal(alone.detach(), joint_logs["ce"]) and torch.equal(alone.detach(), alone_logs["ce"])
+    assert joint.item() > alone.item()  # CE + the head's term
+    alone.backward()
+    assert all(p.grad is None for p in model.head.parameters())  # the head waits for its stage
+    head_loss, logs = model.loss(batch["image"], batch["caption"], head_only=True)
+    assert torch.equal(head_loss.detach(), logs["diff"])  # where it learns
+    from hart_mini.config import HeadConfig
+
+    with pytest.raises(ValueError, match="never learn"):
+        HeadConfig(loss_weight=0.0)  # no stage: the head would never train
+    HeadConfig(loss_weight=0.0, mode="off")  # no head: nothing to train
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_true_token_share_picks_the_true_last_scale_token_for_that_share_of_images(share, monkeypatch):
     model = _model("last", true_token_share=share).train()

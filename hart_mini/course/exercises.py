@@ -68,8 +68,9 @@ def _tokens(scales) -> int:
 
 def loss_setting(model, head: bool):
     """A copy of `model` in which every term of a loss shows, in eval mode (every last-scale token scored):
-    scale weights (pn_k^2)^-0.5 if the model weighs its scales equally, head weight 0.5 if it is 1, and for
-    the cross-entropy alone (head=False, notebook 05) no head. A loss that forgets a weight then fails."""
+    scale weights (pn_k^2)^-0.5 if the model weighs its scales equally, head weight 0.5 if it is 1 or 0 (the
+    cpu preset's transformer trains on CE alone, its head only in its stage), and for the cross-entropy alone
+    (head=False, notebook 05) no head. A loss that forgets a weight then fails."""
     m = copy.deepcopy(model).eval()
     if m.cfg.scale_balance == 0:
         m.cfg = dataclasses.replace(m.cfg, scale_balance=0.5)
@@ -78,7 +79,7 @@ def loss_setting(model, head: bool):
         m.token_weights = (weights / weights.mean()).to(m.token_weights.device)
     if not head:
         m.head_cfg = m.head_cfg.for_mode("off")
-    elif m.head_cfg.loss_weight == 1:
+    elif m.head_cfg.loss_weight in (0, 1):
         m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
     if head and m.head_cfg.mode == "last" and not m.head.cond_embed.weight.requires_grad:
         # The shipped cpu head reads nothing (its weights on z are zero and frozen): give it HART's recipe

@@ -315,8 +315,8 @@ class HART(nn.Module):
         scored = slice(0, last) if self.mode == "full" else slice(None)  # MAR-style: no tokens at the last scale
         ce = weighted_cross_entropy(logits[:, scored], targets[:, scored], weights[scored])
         logs = {"ce": ce.detach(), "token_acc": (logits.argmax(-1) == targets).float().mean().detach()}
-        if self.mode == "off":
-            return ce, logs
+        if self.mode == "off" or (self.head_cfg.loss_weight == 0 and not head_only):
+            return ce, logs  # no head, or a joint weight of 0: the head learns in its stage alone (HeadConfig)
         h_head = h if self.mode == "early" else h[:, last:]
         truth = targets if self.mode == "early" else targets[:, last:]
         if self.mode == "full":
