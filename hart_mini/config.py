@@ -394,8 +394,8 @@ def _build(name: str) -> Preset:
             hart_train=TrainConfig(steps=3400, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=200,
                                    ema=0.995, weight_decay=0.05, two_objects=0.5),
             judge_train=TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup_steps=50, checkpoint_every=500),
-            # the baseline gets HART's training time (0.13 s a step alone on 2 threads since the 2026-12-05 speed
-            # fix, HART 1 156 s): 5 300 steps were its time before it, when HART had no layout stage
+            # the baseline gets HART's training time (alone on 2 threads, timed one after the other on 2026-12-06:
+            # 892 s, HART's recipe 907 s); 5 300 steps were its time before the 2026-12-05 speed fix
             baseline_train=TrainConfig(steps=8000, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250,
                                        ema=0.995, weight_decay=0.05, two_objects=0.5),  # HART's mix too
         )
