@@ -48,7 +48,7 @@ from hart_mini.arguments import (
     seed,
     share,
 )
-from hart_mini.config import HEAD_CONDITIONS, HEAD_MODES, PRESET_NAMES, default_preset_name, get_preset
+from hart_mini.config import HEAD_CONDITIONS, HEAD_MODES, HEAD_NETWORKS, PRESET_NAMES, default_preset_name, get_preset
 from hart_mini.runs import IMAGE_SUFFIXES, JSON_SUFFIXES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -267,13 +267,34 @@ def head_options(preset, train_seed: int | None, **head):
     return preset
 
 
+def add_head_network_options(p) -> None:
+    """The head that samples: its network, size, guidance and steps (HeadConfig; default: the preset's)."""
+    p.add_argument("--head-network", choices=HEAD_NETWORKS, default=None,
+                   help="mlp: one token at a time (HART's); map: the last scale's whole token map at once, 3x3 "
+                        "convolutions between tokens (HeadConfig.network; default: the preset's)")
+    p.add_argument("--head-width", type=count(1), default=None, help="the head's width (HeadConfig.width)")
+    p.add_argument("--head-depth", type=count(1), default=None, help="the head's blocks (HeadConfig.depth)")
+    p.add_argument("--head-guidance", choices=("on", "off"), default=None,
+                   help="guide the head's draws as the logits (on, HART's) or draw once from the conditional "
+                        "branch (off) (HeadConfig.guided; default: the preset's)")
+    p.add_argument("--head-sampling-steps", type=count(1), default=None,
+                   help="the head's sampling steps (HeadConfig.sampling_steps; default: the preset's)")
+
+
+def head_network(args) -> dict:
+    """The HeadConfig fields of add_head_network_options (None: the preset's)."""
+    guided = None if args.head_guidance is None else args.head_guidance == "on"
+    return {"network": args.head_network, "width": args.head_width, "depth": args.head_depth, "guided": guided,
+            "sampling_steps": args.head_sampling_steps}
+
+
 def cmd_train_hart(args) -> dict:
     from hart_mini.train import train_hart
 
     mode = "off" if args.no_residual_head else args.mode
     preset = head_options(caption_options(get_preset(args.preset), args), args.train_seed,
                           stage_steps=args.head_stage_steps, true_token_share=args.true_token_share,
-                          condition=args.head_condition, loss_weight=args.joint_head_weight)
+                          condition=args.head_condition, loss_weight=args.joint_head_weight, **head_network(args))
     if args.steps is not None:  # the full training's; the layout and head stages keep theirs
         preset = dataclasses.replace(preset, hart_train=dataclasses.replace(preset.hart_train, steps=args.steps))
     result = train_hart(preset, args.out, args.tokenizer, run_options(args, "hart"), command_line(), mode)
@@ -284,7 +305,8 @@ def cmd_train_head(args) -> dict:
     from hart_mini.train import train_head
 
     preset = head_options(get_preset(args.preset), args.train_seed, stage_steps=args.steps,
-                          condition=args.head_condition)
+                          condition=args.head_condition, true_token_share=args.true_token_share,
+                          **head_network(args))
     result = train_head(preset, args.out, args.source, run_options(args, "hart"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
@@ -724,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-condition", choices=HEAD_CONDITIONS, default=None,
                    help="what the head reads: hidden+token (HART's z) or none (the residuals' distribution alone; "
                         "HeadConfig.condition, default: the preset's)")
+    add_head_network_options(p)
     p.add_argument("--joint-head-weight", type=fraction, default=None,
                    help="lambda of the full training's loss CE + lambda * the head's diffusion loss (HeadConfig."
                         "loss_weight; default: the preset's); 0, with a head stage: CE alone, and the head learns "
@@ -754,6 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the head stage (default: the preset's HeadConfig.stage_steps)")
     p.add_argument("--head-condition", choices=HEAD_CONDITIONS, default=None,
                    help="what the head reads: hidden+token (HART's z) or none (default: the preset's)")
+    p.add_argument("--true-token-share", type=fraction, default=None,
+                   help="share of training images whose head sees the true last-scale token instead of one drawn "
+                        "from the logits (HeadConfig.true_token_share; default: the preset's)")
+    add_head_network_options(p)
     p.add_argument("--train-seed", type=seed, default=None,
                    help="seed of the fresh head and the batches, in [0, 2**32) (default: the preset's, 0)")
     p = training(train, "diffusion", "train the DiT-style latent diffusion baseline", cmd_train_diffusion)

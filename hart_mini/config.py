@@ -180,6 +180,7 @@ class TransformerConfig:
 
 HEAD_MODES = ("off", "last", "full", "early")
 HEAD_CONDITIONS = ("hidden+token", "none")
+HEAD_NETWORKS = ("mlp", "map")
 
 # Classifier-free guidance beyond this only amplifies noise. The shipped cpu HART on 300 held-out prompts:
 # prompt accuracy 0.30 at cfg 3, 0.17 at 10, 0.08 at 20, 0.00 at 100 (FD 0.91, 1.54, 4.51, 25.2).
@@ -231,6 +232,14 @@ class HeadConfig:
     # models, with true tokens, every condition made the head's draws worse than none while its loss fell
     # (notebook 07, section 5): the residual there is mostly unpredictable texture.
     condition: str = "hidden+token"
+    # The head that samples: mlp denoises one token at a time (MAR's and HART's MLP, model/diffusion.py); map
+    # denoises the last scale's whole token map of an image at once, 3x3 convolutions between neighbouring
+    # tokens (model/map_head.py), so that it can draw detail that agrees across tokens (notebook 07, section 5).
+    # With a head stage, the joint training's head stays HART's MLP.
+    network: str = "mlp"
+    # Classifier-free guidance on the head's draws, at the logits' last ramp value (HART). False: the head draws
+    # once from the conditional branch. A head that reads nothing is never guided (both branches are the same).
+    guided: bool = True
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -261,14 +270,20 @@ class HeadConfig:
         require(self.condition in HEAD_CONDITIONS, "condition", self.condition, f"one of {HEAD_CONDITIONS}")
         require(self.condition == "hidden+token" or self.mode == "last", "condition", self.condition,
                 f"'hidden+token' with mode={self.mode!r} (only HART's last-scale head can read nothing)")
+        require(self.network in HEAD_NETWORKS, "network", self.network, f"one of {HEAD_NETWORKS}")
+        require(self.network == "mlp" or self.mode == "last", "network", self.network,
+                f"'mlp' with mode={self.mode!r} (the map head draws the last scale's residual map)")
+        require(self.network == "mlp" or self.last_drop == 0, "network", self.network,
+                "'mlp' with token subsampling (last_drop > 0): the map head needs every token of the map")
+        require(isinstance(self.guided, bool), "guided", self.guided, "True or False")
 
     def for_mode(self, mode: str) -> HeadConfig:
         """This head with another mode (the ablations' variants), the fields that mode cannot use set back to
-        their defaults: no head stage without a head, HART's condition and no token subsampling for the
-        'full' and 'early' heads."""
+        their defaults: no head stage without a head, HART's condition and MLP and no token subsampling for
+        the 'full' and 'early' heads."""
         changes: dict = {"mode": mode}
         if mode != "last":
-            changes["condition"] = "hidden+token"
+            changes.update(condition="hidden+token", network="mlp")
         if mode == "off":
             changes["stage_steps"] = 0
         if mode in ("full", "early"):

@@ -1,5 +1,6 @@
 """The command line: --help everywhere, JSON on stdout, clear errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -133,6 +134,36 @@ def test_train_hart_options_reach_the_head_and_the_full_training(tmp_path, monke
     assert main(["train", "hart", "--preset", "cpu", "--out", str(tmp_path / "y"), "--joint-head-weight", "0",
                  "--head-stage-steps", "0"]) == 2
     assert "never learn" in capsys.readouterr().err
+
+
+def test_head_network_options_reach_the_head_stage_and_the_training(monkeypatch, tmp_path, capsys):
+    import hart_mini.train
+
+    seen = {}
+    monkeypatch.setattr(hart_mini.train, "train_head", lambda preset, *a, **k: seen.setdefault("head", preset) and {})
+    monkeypatch.setattr(hart_mini.train, "train_hart", lambda preset, *a, **k: seen.setdefault("hart", preset) and {})
+    options = ["--head-network", "map", "--head-width", "24", "--head-depth", "2", "--head-guidance", "off",
+               "--head-sampling-steps", "5", "--true-token-share", "0.25"]
+    assert main(["train", "head", "--preset", "smoke", "--out", str(tmp_path / "h"), "--source", str(tmp_path),
+                 "--steps", "7", *options]) == 0
+    assert main(["train", "hart", "--preset", "smoke", "--out", str(tmp_path / "j"), "--head-stage-steps", "7",
+                 *options]) == 0
+    for preset in seen.values():
+        head = preset.head
+        assert (head.network, head.width, head.depth, head.guided, head.sampling_steps, head.true_token_share,
+                head.stage_steps) == ("map", 24, 2, False, 5, 0.25, 7)
+    from hart_mini.config import get_preset
+
+    smoke = get_preset("smoke").head  # the flags differ from the preset's, so the check above can fail
+    assert (smoke.network, smoke.width, smoke.guided, smoke.sampling_steps) != ("map", 24, False, 5)
+    seen.clear()
+    assert main(["train", "head", "--preset", "smoke", "--out", str(tmp_path / "k"), "--source", str(tmp_path),
+                 "--steps", "7"]) == 0
+    assert seen["head"].head == dataclasses.replace(smoke, stage_steps=7)  # no flags: the preset's head
+    assert main(["train", "head", "--preset", "smoke", "--out", str(tmp_path / "m"), "--source", str(tmp_path),
+                 "--steps", "7", "--head-network", "map", "--head-depth", "1", "--head-width", "8"]) == 0
+    assert main(["train", "hart", "--preset", "gpu", "--out", str(tmp_path / "n"), "--head-network", "map"]) == 2
+    assert "every token" in capsys.readouterr().err  # the gpu head drops tokens (last_drop); a map needs them all
 
 
 def test_caption_options_reach_the_training_preset_and_leave_evaluation_alone():

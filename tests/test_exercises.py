@@ -18,6 +18,7 @@ offline) and its 16 validation images for the losses, its trained head for the h
 more test, a random smoke-size head), its 8 prompts and the notebooks' knobs for the sampling loops.
 """
 
+import copy
 import dataclasses
 import functools
 import json
@@ -1340,3 +1341,21 @@ def test_a_loop_without_head_guidance_fails_against_a_head_that_reads_its_condit
     check_answer("08.1", _loop_fn(style="plain"), **given)
     with pytest.raises(CheckFailed, match="'latent'"):
         check_answer("08.1", _loop_fn(mistake="head without guidance"), **given)
+
+
+def test_the_capstone_loss_check_works_on_a_hart_whose_head_denoises_whole_maps():
+    """A HART with a map head (HeadConfig.network 'map'): the loss a student writes is HART's, per token, so the
+    check gives its copy HART's MLP head; every right way still passes and every mistake still fails."""
+    given, right, wrong = build_12_6()
+    model = copy.deepcopy(given["model"])
+    model.head_cfg = dataclasses.replace(model.head_cfg, network="map", condition="hidden+token",
+                                         true_token_share=0.5, guided=False)
+    model.reset_head()
+    assert type(model.head).__name__ == "MapHead"
+    given = {**given, "model": model}
+    for answer in right.values():
+        check_answer("12.6", answer, **given)
+    for answer in wrong.values():
+        with pytest.raises(CheckFailed):
+            check_answer("12.6", answer, **given)
+    assert type(model.head).__name__ == "MapHead", "the check must copy the model, not change it"

@@ -81,7 +81,20 @@ def loss_setting(model, head: bool):
         m.head_cfg = m.head_cfg.for_mode("off")
     elif m.head_cfg.loss_weight in (0, 1):
         m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
-    if head and m.head_cfg.mode == "last" and not m.head.cond_embed.weight.requires_grad:
+    if head and m.head_cfg.mode == "last" and m.head_cfg.network == "map":
+        # The shipped cpu head denoises whole maps (HeadConfig.network 'map'), one noise level per image; the loss
+        # a student writes is HART's, per token: give the copy HART's recipe and MLP head, every weight small and
+        # fixed, so that a loss that conditions on the wrong token or detaches z shows.
+        m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", network="mlp", guided=True,
+                                         stage_steps=0, sampled_tokens=True, true_token_share=0.0)
+        device = m.cond_norm.weight.device
+        m.reset_head()
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in m.head.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        m.head.to(device)
+    elif head and m.head_cfg.mode == "last" and not m.head.cond_embed.weight.requires_grad:
         # The shipped cpu head reads nothing (its weights on z are zero and frozen): give it HART's recipe
         # and small fixed weights on z, so that a loss that conditions on the wrong token or detaches z shows.
         m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", stage_steps=0, sampled_tokens=True,

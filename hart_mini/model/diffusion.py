@@ -82,10 +82,14 @@ class CosineSchedule:
 
 
 def diffusion_loss(head: nn.Module, x0: torch.Tensor, z: torch.Tensor, schedule: CosineSchedule,
-                   prediction: str, batch_mul: int = 4) -> torch.Tensor:
-    """MSE of the head's eps or v prediction; each (x0, z) pair gets batch_mul noise draws (MAR issue #14)."""
+                   prediction: str, batch_mul: int = 4, group: int = 1) -> torch.Tensor:
+    """MSE of the head's eps or v prediction; each (x0, z) pair gets batch_mul noise draws (MAR issue #14).
+    group: consecutive rows that share one noise level t (1: every token its own, MAR's; pn^2: an image's
+    whole map, for the map head, which denoises the map jointly)."""
+    require(isinstance(group, int) and group >= 1 and x0.shape[0] % group == 0, "group", group,
+            f"an integer >= 1 that divides the {x0.shape[0]} rows")
     x0, z = x0.repeat(batch_mul, 1), z.repeat(batch_mul, 1)  # (N * batch_mul, C), (N * batch_mul, D)
-    t = torch.randint(0, schedule.steps, (x0.shape[0],), device=x0.device)
+    t = torch.randint(0, schedule.steps, (x0.shape[0] // group,), device=x0.device).repeat_interleave(group)
     eps = torch.randn_like(x0)
     out = head(schedule.noise(x0, t, eps), t, z)
     return (out.float() - schedule.target(x0, eps, t, prediction).float()).pow(2).mean()

@@ -38,6 +38,7 @@ from hart_mini import checkpoint
 from hart_mini.config import MAX_CFG_SCALE, HeadConfig, TransformerConfig, require
 from hart_mini.model.diffusion import CosineSchedule, MLPHead, diffusion_loss
 from hart_mini.model.diffusion import sample as diffusion_sample
+from hart_mini.model.map_head import MapHead
 from hart_mini.model.text import CaptionTokenizer
 from hart_mini.model.tokenizer import HybridTokenizer
 from hart_mini.model.transformer import NextScaleTransformer
@@ -172,13 +173,16 @@ class HART(nn.Module):
 
     def reset_head(self, final: bool = True) -> None:
         """A fresh, untrained head and condition norm, z = norm(h + word_embed(e(r))). final: the head that
-        samples, which reads z or nothing (HeadConfig.condition); not final: the joint training's head when a
-        head stage follows, HART's own, which reads z whatever the config says (its gradient shapes h). The
-        stage starts from a fresh final head (notebook 07, section 5)."""
+        samples, which reads z or nothing (HeadConfig.condition), an MLP or a map head (HeadConfig.network);
+        not final: the joint training's head when a head stage follows, HART's own MLP, which reads z whatever
+        the config says (its gradient shapes h). The stage starts from a fresh final head (notebook 07, section 5)."""
         device = self.transformer.word_embed.weight.device  # built before the head, on the model's device
         blind = final and self.head_cfg.condition == "none"
-        self.head = MLPHead(self.head_cfg, self.tokenizer.cfg.latent_channels, self.cfg.width,
-                            reads_condition=not blind).to(device)
+        C, D = self.tokenizer.cfg.latent_channels, self.cfg.width
+        if final and self.head_cfg.network == "map":  # denoises the last scale's map jointly (model/map_head.py)
+            self.head = MapHead(self.head_cfg, C, D, self.scales[-1], reads_condition=not blind).to(device)
+        else:
+            self.head = MLPHead(self.head_cfg, C, D, reads_condition=not blind).to(device)
         self.cond_norm = nn.LayerNorm(self.cfg.width).to(device)
 
     @property
@@ -332,8 +336,9 @@ class HART(nn.Module):
                     chosen = torch.where(use_truth, truth, chosen)  # (B, n)
             z = self.condition(h_head, chosen, head_only)
             target = exact - self.tokenizer.quantizer.codebook(chosen)  # the residual against the chosen token
+        group = target.shape[1] if isinstance(self.head, MapHead) else 1  # a map: one noise level per image
         diff = diffusion_loss(self.head, (target / self.residual_scale).flatten(0, 1), z.flatten(0, 1),
-                              self.schedule, self.head_cfg.prediction, self.head_cfg.batch_mul)
+                              self.schedule, self.head_cfg.prediction, self.head_cfg.batch_mul, group)
         logs["diff"] = diff.detach()
         if head_only:
             return diff, logs
@@ -430,8 +435,8 @@ class HART(nn.Module):
         latent = f_hat
         if head:  # the last scale (no phi) turns continuous: f_hat_{<K} + (e(r_K) + d), d drawn by the head
             # A head that reads nothing (HeadConfig.condition 'none') would draw the same from both halves:
-            # it runs once, unguided.
-            head_guided = guided and self.head_cfg.condition != "none"
+            # it runs once, unguided; so does a head configured unguided (HeadConfig.guided).
+            head_guided = guided and self.head_cfg.guided and self.head_cfg.condition != "none"
             z = self.condition(h if head_guided else h[:B], both_branches(r, head_guided))  # (B', pn^2, D)
             d = self._head_sample(z, guidance_scale(cfg_scale, K - 1, K), head_guided, steps, generator)  # (B, pn^2, C)
             latent = f_before + tokens_to_map(q.codebook(r) + d, pn)

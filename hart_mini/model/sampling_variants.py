@@ -89,8 +89,10 @@ def sample_latent_variant(model: HART, prompts: list[str], cfg_scale: float, top
         f_hat = f_hat + q.contribution(r.view(B, pn, pn), k)
         code = q.codebook(r)  # (B, pn^2, C): e(r_k)
         if mode == "early" or (mode == "last" and k == K - 1):  # the head's d_k joins the code
-            z = model.condition(h, both_branches(r, guided))  # norm(h + word_embed(e(r_k)))
-            code = code + model._head_sample(z, t_k, guided, steps, generator)
+            cfg = model.head_cfg  # HART.sample_latent's rule: a blind or unguided last-scale head runs once
+            g = guided and (mode == "early" or (cfg.guided and cfg.condition != "none"))
+            z = model.condition(h if g else h[:B], both_branches(r, g))  # norm(h + word_embed(e(r_k)))
+            code = code + model._head_sample(z, t_k, g, steps, generator)
         latent = latent + q.lift(tokens_to_map(code, pn), k)
     return {"indices": indices, "f_hat": f_hat, "latent": latent if head else f_hat,
             "path": "continuous" if head else "discrete", "logits": raw_logits, "h": h[:B]}
