@@ -87,13 +87,11 @@ def loss_setting(model, head: bool):
         # fixed, so that a loss that conditions on the wrong token or detaches z shows.
         m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", network="mlp", guided=True,
                                          stage_steps=0, sampled_tokens=True, true_token_share=0.0)
-        device = m.cond_norm.weight.device
-        m.reset_head()
+        m.reset_head()  # on the model's device
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in m.head.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-        m.head.to(device)
     elif head and m.head_cfg.mode == "last" and not m.head.cond_embed.weight.requires_grad:
         # The shipped cpu head reads nothing (its weights on z are zero and frozen): give it HART's recipe
         # and small fixed weights on z, so that a loss that conditions on the wrong token or detaches z shows.
