@@ -81,25 +81,24 @@ def loss_setting(model, head: bool):
         m.head_cfg = m.head_cfg.for_mode("off")
     elif m.head_cfg.loss_weight in (0, 1):
         m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
-    if head and m.head_cfg.mode == "last" and m.head_cfg.network == "map":
-        # The shipped cpu head denoises whole maps (HeadConfig.network 'map'), one noise level per image; the loss
-        # a student writes is HART's, per token: give the copy HART's recipe and MLP head, every weight small and
-        # fixed, so that a loss that conditions on the wrong token or detaches z shows.
+    map_head = m.head_cfg.network == "map"
+    if head and m.head_cfg.mode == "last" and (map_head or not m.head.cond_embed.weight.requires_grad):
+        # The shipped cpu head reads nothing (its weights on z are zero and frozen), or denoises whole maps
+        # (HeadConfig.network 'map', one noise level per image) while the loss a student writes is HART's, per
+        # token: give the copy HART's recipe and MLP, with small fixed weights on z (a map head: every weight),
+        # so that a loss that conditions on the wrong token or detaches z shows.
         m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", network="mlp", guided=True,
                                          stage_steps=0, sampled_tokens=True, true_token_share=0.0)
-        m.reset_head()  # on the model's device
         g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in m.head.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    elif head and m.head_cfg.mode == "last" and not m.head.cond_embed.weight.requires_grad:
-        # The shipped cpu head reads nothing (its weights on z are zero and frozen): give it HART's recipe
-        # and small fixed weights on z, so that a loss that conditions on the wrong token or detaches z shows.
-        m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", stage_steps=0, sampled_tokens=True,
-                                         true_token_share=0.0)
-        weight = m.head.cond_embed.weight
-        drawn = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.02
-        m.head.cond_embed.weight = nn.Parameter(drawn.to(weight.device, weight.dtype))
+        if map_head:
+            m.reset_head()  # HART's MLP, on the model's device
+            with torch.no_grad():
+                for p in m.head.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        else:
+            weight = m.head.cond_embed.weight
+            drawn = torch.randn(weight.shape, generator=g) * 0.02
+            m.head.cond_embed.weight = nn.Parameter(drawn.to(weight.device, weight.dtype))
     m.zero_grad(set_to_none=True)
     return m
 
