@@ -71,6 +71,14 @@ def positive(text: str) -> float:
     return value
 
 
+def temperature(text: str) -> float:
+    """A sampler temperature: a finite number >= 0 (0 draws no noise)."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number >= 0 (1 = the model's own spread)")
+    return value
+
+
 def minutes(text: str) -> float:
     """A finite number of minutes >= 0 (0: stop at the first checkpoint)."""
     value = number(text)

@@ -47,8 +47,17 @@ from hart_mini.arguments import (
     prompt,
     seed,
     share,
+    temperature,
 )
-from hart_mini.config import HEAD_CONDITIONS, HEAD_MODES, HEAD_NETWORKS, PRESET_NAMES, default_preset_name, get_preset
+from hart_mini.config import (
+    HEAD_CONDITIONS,
+    HEAD_MODES,
+    HEAD_NETWORKS,
+    MAP_CONVS,
+    PRESET_NAMES,
+    default_preset_name,
+    get_preset,
+)
 from hart_mini.runs import IMAGE_SUFFIXES, JSON_SUFFIXES
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -277,15 +286,26 @@ def add_head_network_options(p) -> None:
     p.add_argument("--head-guidance", choices=("on", "off"), default=None,
                    help="guide the head's draws as the logits (on, HART's) or draw once from the conditional "
                         "branch (off) (HeadConfig.guided; default: the preset's)")
+    p.add_argument("--head-conv", choices=MAP_CONVS, default=None,
+                   help="the map head's convolutions: full 3x3, or depthwise 3x3 then a per-token MLP (about the "
+                        "MLP head's cost) (HeadConfig.map_conv; default: the preset's)")
     p.add_argument("--head-sampling-steps", type=count(1), default=None,
                    help="the head's sampling steps (HeadConfig.sampling_steps; default: the preset's)")
+    add_head_temperature(p, "the preset's")
+
+
+def add_head_temperature(p, default: str) -> None:
+    p.add_argument("--head-temperature", type=temperature, default=None,
+                   help=f"the head sampler's temperature: x_T ~ N(0, T^2 I), 1 = the head's own spread "
+                        f"(HeadConfig.temperature; default: {default})")
 
 
 def head_network(args) -> dict:
     """The HeadConfig fields of add_head_network_options (None: the preset's)."""
     guided = None if args.head_guidance is None else args.head_guidance == "on"
     return {"network": args.head_network, "width": args.head_width, "depth": args.head_depth, "guided": guided,
-            "sampling_steps": args.head_sampling_steps}
+            "map_conv": args.head_conv, "sampling_steps": args.head_sampling_steps,
+            "temperature": args.head_temperature}
 
 
 def cmd_train_hart(args) -> dict:
@@ -482,6 +502,8 @@ def cmd_diagnose(args) -> dict:
         from hart_mini import diagnose_head
 
         seeds = [args.seed] if args.seeds is None else args.seeds
+        knobs = {"sampling_steps": args.head_sampling_steps, "temperature": args.head_temperature}
+        model.head_cfg = dataclasses.replace(model.head_cfg, **{k: v for k, v in knobs.items() if v is not None})
         examples = {}
         table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples)
         return emit_diagnosis({"model": source, **table}, diagnose_head.format_table(table),
@@ -866,6 +888,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0, help="sampling seed, in [0, 2**32)")
     p.add_argument("--seeds", type=distinct_seeds, default=None,
                    help="head: sampling seeds, FD's sd over them (default: --seed only)")
+    p.add_argument("--head-sampling-steps", type=count(1), default=None,
+                   help="head: the head's sampling steps (default: the model's)")
+    add_head_temperature(p, "the model's")
     p.add_argument("--pool", type=count(1), default=10_000,
                    help="residual: training images whose residuals the same-code draws and the predictors use")
     p.add_argument("--patch", type=odd, default=5, help="residual: the neighbourhood (k x k cells) of the prediction")

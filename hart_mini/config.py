@@ -181,6 +181,7 @@ class TransformerConfig:
 HEAD_MODES = ("off", "last", "full", "early")
 HEAD_CONDITIONS = ("hidden+token", "none")
 HEAD_NETWORKS = ("mlp", "map")
+MAP_CONVS = ("full", "depthwise")
 
 # Classifier-free guidance beyond this only amplifies noise. The shipped cpu HART on 300 held-out prompts:
 # prompt accuracy 0.30 at cfg 3, 0.17 at 10, 0.08 at 20, 0.00 at 100 (FD 0.91, 1.54, 4.51, 25.2).
@@ -237,9 +238,16 @@ class HeadConfig:
     # tokens (model/map_head.py), so that it can draw detail that agrees across tokens (notebook 07, section 5).
     # With a head stage, the joint training's head stays HART's MLP.
     network: str = "mlp"
+    # The map head's convolutions: full (each 3x3 mixes every channel of the neighbours: 9 W^2 per token) or
+    # depthwise (each channel reads its own 3x3 neighbourhood, then a per-token MLP mixes channels: 9 W + 2 W^2,
+    # about the MLP head's cost at the same width). Only the map head reads it.
+    map_conv: str = "full"
     # Classifier-free guidance on the head's draws, at the logits' last ramp value (HART). False: the head draws
     # once from the conditional branch. A head that reads nothing is never guided (both branches are the same).
     guided: bool = True
+    # The head sampler's temperature (MAR's): its start x_T ~ N(0, temperature^2 I); 1 = the model's own spread,
+    # below 1 draws nearer the head's most likely residual. HART's code samples at 1.
+    temperature: float = 1.0
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -276,6 +284,10 @@ class HeadConfig:
         require(self.network == "mlp" or self.last_drop == 0, "network", self.network,
                 "'mlp' with token subsampling (last_drop > 0): the map head needs every token of the map")
         require(isinstance(self.guided, bool), "guided", self.guided, "True or False")
+        require(self.map_conv in MAP_CONVS, "map_conv", self.map_conv, f"one of {MAP_CONVS}")
+        require(isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
+                and self.temperature >= 0, "temperature",
+                self.temperature, "a number >= 0 (1 = the model's own spread)")
 
     def for_mode(self, mode: str) -> HeadConfig:
         """This head with another mode (the ablations' variants), the fields that mode cannot use set back to
@@ -283,7 +295,7 @@ class HeadConfig:
         the 'full' and 'early' heads."""
         changes: dict = {"mode": mode}
         if mode != "last":
-            changes.update(condition="hidden+token", network="mlp")
+            changes.update(condition="hidden+token", network="mlp", map_conv="full")
         if mode == "off":
             changes["stage_steps"] = 0
         if mode in ("full", "early"):

@@ -128,6 +128,8 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
     counts = attribute_counts(real["caption"])
     stats = residual_stats(model, real, batch_size)
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
+                   "head_sampling": {"steps": model.head_cfg.sampling_steps,
+                                     "temperature": model.head_cfg.temperature},
                    "real_residual_rms": round(stats["rms"], 4), "regimes": {}}
     bar = tqdm(total=len(REGIMES) * len(seeds), desc="diagnose head", leave=False)
     for regime in REGIMES:

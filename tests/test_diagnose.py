@@ -175,6 +175,12 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert result == json.loads(captured.out) and result["seeds"] == [0, 1]
     assert "head_on" in result["regimes"]["free"] and "true_residual" in result["regimes"]["true"]
     assert "real residual rms" in captured.err and fig.stat().st_size > 0
+    shipped = result["head_sampling"]  # the model's own, then the flags' (recorded, so a table says how it drew)
+    again = tmp_path / "cooler.json"
+    assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
+                 "--head-temperature", "0.5", "--head-sampling-steps", "3"]) == 0
+    assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5} != shipped
+    assert main(["diagnose", "head", "--preset", "smoke", "--head-temperature", "-1"]) == 2
 
 
 def test_caption_edits_keep_the_words_and_change_what_is_asked():

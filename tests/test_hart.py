@@ -347,6 +347,25 @@ def test_a_head_that_reads_nothing_samples_once_unguided():
     assert out["path"] == "continuous" and not torch.equal(out["latent"], out["f_hat"])
 
 
+@pytest.mark.parametrize("network", ["mlp", "map"])
+def test_the_head_temperature_scales_its_start_noise_and_zero_draws_the_same_residual_for_every_seed(network):
+    model = _model("last", network=network).eval()
+    with torch.no_grad():  # make the head's output depend on its inputs
+        for p in model.head.parameters():
+            p.normal_(0, 0.1)
+    prompts = ["a large red striped circle at the top left", "a small blue square"]
+    forced = model.sample_latent(prompts, seed=0)["indices"]  # every scale's tokens given: only the head draws
+
+    def residual(seed, temperature):
+        model.head_cfg = dataclasses.replace(model.head_cfg, temperature=temperature)
+        out = model.sample_latent(prompts, seed=seed, forced=forced)
+        return out["latent"] - out["f_hat"]
+
+    assert torch.equal(residual(1, 0.0), residual(2, 0.0)), "no start noise: DDIM follows the head's means"
+    assert not torch.allclose(residual(1, 1.0), residual(2, 1.0))
+    assert not torch.allclose(residual(1, 1.0), residual(1, 0.5))
+
+
 def test_train_head_gives_a_trained_hart_a_fresh_head_and_keeps_its_transformer(tmp_path):
     from hart_mini.train import train_head
 

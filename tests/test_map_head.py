@@ -40,17 +40,27 @@ def test_the_map_head_outputs_zero_at_init_in_the_mlp_heads_shapes():
     assert out.shape == (2 * PN * PN, C) and torch.count_nonzero(out) == 0
 
 
-def test_the_map_head_reads_its_neighbours_and_the_mlp_head_does_not():
+@pytest.mark.parametrize("conv", ["full", "depthwise"])
+def test_the_map_head_reads_its_neighbours_and_the_mlp_head_does_not(conv):
     n = PN * PN
     x, t, z = torch.randn(2 * n, C), torch.full((2 * n,), 500), torch.randn(2 * n, D)
     moved = x.clone()
     moved[0] += 1.0  # image 0, token (0, 0)
-    for head, reads in ((_randomised(_head()), True), (_randomised(MLPHead(HeadConfig(width=16, depth=2, freq_dim=16),
-                                                                           C, D)), False)):
+    for head, reads in ((_randomised(_head(map_conv=conv)), True),
+                        (_randomised(MLPHead(HeadConfig(width=16, depth=2, freq_dim=16), C, D)), False)):
         a, b = head(x, t, z), head(moved, t, z)
         assert (not torch.allclose(a[1], b[1])) == reads, "token (0, 1) sees token (0, 0) only through a map"
         assert torch.equal(a[n:], b[n:]), "image 1 must not see image 0"
         assert not torch.allclose(a[n + 1], b[1]) or not reads  # rows stay in token order
+
+
+def test_depthwise_blocks_cost_about_an_mlp_block_and_full_ones_nine_times_more():
+    def block_weights(conv):
+        head = MapHead(HeadConfig(width=64, depth=1, network="map", map_conv=conv), C, D, PN)
+        return sum(p.numel() for name, p in head.blocks.named_parameters() if "modulation" not in name)
+
+    mlp = 2 * 64 * 64  # an MLP block's two W x W layers (their biases aside)
+    assert block_weights("full") > 8 * mlp and block_weights("depthwise") < 1.2 * mlp
 
 
 def test_the_map_head_refuses_rows_that_are_not_whole_maps():
@@ -100,8 +110,14 @@ def test_the_config_keeps_the_map_head_to_the_last_scale_and_whole_maps():
         HeadConfig(network="map", last_drop=0.5)
     with pytest.raises(ValueError, match="guided"):
         HeadConfig(guided=1)
-    head = HeadConfig(network="map", guided=False)
-    assert head.for_mode("full").network == "mlp" and head.for_mode("last") == head
+    with pytest.raises(ValueError, match="map_conv"):
+        HeadConfig(network="map", map_conv="separable")
+    for bad in (-0.1, True, "1"):
+        with pytest.raises(ValueError, match="temperature"):
+            HeadConfig(temperature=bad)
+    head = HeadConfig(network="map", map_conv="depthwise", guided=False)
+    assert head.for_mode("full").network == "mlp" and head.for_mode("full").map_conv == "full"
+    assert head.for_mode("last") == head
 
 
 def _model(**head) -> HART:
@@ -137,8 +153,9 @@ def test_hart_samples_with_a_map_head_guided_or_once(guided):
     assert out["path"] == "continuous" and not torch.equal(out["latent"], out["f_hat"])
 
 
-def test_a_map_head_round_trips_through_a_file(tmp_path):
-    model = _model(network="map", stage_steps=2)
+@pytest.mark.parametrize("conv", ["full", "depthwise"])
+def test_a_map_head_round_trips_through_a_file(tmp_path, conv):
+    model = _model(network="map", stage_steps=2, map_conv=conv, temperature=0.7)
     model.reset_head()
     _randomised(model.head)
     tok = tmp_path / "tokenizer.safetensors"
@@ -146,7 +163,7 @@ def test_a_map_head_round_trips_through_a_file(tmp_path):
                                                         "config": dataclasses.asdict(PRESET.tokenizer)})
     model.save(tmp_path / "hart.safetensors", tok)
     loaded = HART.from_file(tmp_path / "hart.safetensors")
-    assert isinstance(loaded.head, MapHead)
+    assert isinstance(loaded.head, MapHead) and loaded.head_cfg == model.head_cfg
     prompts = ["a small green dotted square at the top"]
     assert torch.equal(model.generate(prompts, seed=3), loaded.generate(prompts, seed=3))
 

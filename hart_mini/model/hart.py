@@ -377,7 +377,7 @@ class HART(nn.Module):
             return mix_guidance(self.head(torch.cat([x, x]), torch.cat([t, t]), zf), t_cfg)  # fp32
 
         x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
-                              self.head_cfg.sampler, generator, z.device)
+                              self.head_cfg.sampler, generator, z.device, temperature=self.head_cfg.temperature)
         return x0.view(B, n, C) * self.residual_scale  # the head works on residuals / residual_scale
 
     def _sampling_inputs(self, prompts, cfg_scale, top_k, top_p, sampling_steps, forced) -> tuple[int, list]:

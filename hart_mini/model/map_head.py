@@ -16,6 +16,12 @@ in row-major token order (map_to_tokens), so HART's loss and sampler call either
     x     = W_in x_t + W_z z                           the condition also enters the convolved stream
     x     = x + gate * conv3(SiLU(conv3(norm(x) * (1 + scale) + shift)))   (shift, scale, gate) = W_m SiLU(y)
     out   = W_out (LN(x) * (1 + scale') + shift')     zero at init, like MLPHead
+
+With HeadConfig.map_conv 'depthwise' a block reads its neighbours more cheaply: one depthwise 3x3 convolution
+(each channel its own 3x3 filter: 9 W multiplies per token) before the MLP block's two per-token layers, as in
+ConvNeXt, instead of two full 3x3 convolutions (18 W^2):
+
+    x     = x + gate * W_2 SiLU(W_1 dwconv3(norm(x) * (1 + scale) + shift))
 """
 
 from __future__ import annotations
@@ -29,14 +35,19 @@ from hart_mini.model.diffusion import timestep_embedding
 
 
 class MapBlock(nn.Module):
-    """x + gate * conv3x3(SiLU(conv3x3(norm(x) * (1 + scale) + shift))) on (B, W, pn, pn) maps; the modulation
-    comes per token from y (B, W, pn, pn) and is zero at init."""
+    """x + gate * conv2(SiLU(conv1(norm(x) * (1 + scale) + shift))) on (B, W, pn, pn) maps; the modulation
+    comes per token from y (B, W, pn, pn) and is zero at init. conv 'full': conv1 and conv2 are 3x3
+    convolutions; 'depthwise': conv1 is a depthwise 3x3 then a per-token linear layer, conv2 per-token."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, conv: str = "full"):
         super().__init__()
         self.norm = nn.GroupNorm(1, width, affine=False)  # over the channels and the map of each image
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        if conv == "full":
+            self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+            self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        else:  # 1x1 convolutions are per-token linear layers
+            self.conv1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.Conv2d(width, width, 1))
+            self.conv2 = nn.Conv2d(width, width, 1)
         self.modulation = nn.Conv2d(width, 3 * width, 1)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
@@ -62,7 +73,7 @@ class MapHead(nn.Module):
             for layer in (self.cond_embed, self.cond_input):
                 nn.init.zeros_(layer.weight)
                 layer.weight.requires_grad_(False)
-        self.blocks = nn.ModuleList(MapBlock(W) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(MapBlock(W, cfg.map_conv) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(W, elementwise_affine=False)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(W, 2 * W))
         self.output = nn.Linear(W, latent_channels)
