@@ -287,8 +287,8 @@ def add_head_network_options(p) -> None:
                    help="guide the head's draws as the logits (on, HART's) or draw once from the conditional "
                         "branch (off) (HeadConfig.guided; default: the preset's)")
     p.add_argument("--head-conv", choices=MAP_CONVS, default=None,
-                   help="the map head's convolutions: full 3x3, or depthwise 3x3 then a per-token MLP (about the "
-                        "MLP head's cost) (HeadConfig.map_conv; default: the preset's)")
+                   help="the map head's convolutions: full 3x3, or depthwise 3x3 then a per-token MLP (in "
+                        "multiplies, about the MLP head's cost) (HeadConfig.map_conv; default: the preset's)")
     p.add_argument("--head-sampling-steps", type=count(1), default=None,
                    help="the head's sampling steps (HeadConfig.sampling_steps; default: the preset's)")
     add_head_temperature(p, "the preset's")

@@ -240,7 +240,7 @@ class HeadConfig:
     network: str = "mlp"
     # The map head's convolutions: full (each 3x3 mixes every channel of the neighbours: 9 W^2 per token) or
     # depthwise (each channel reads its own 3x3 neighbourhood, then a per-token MLP mixes channels: 9 W + 2 W^2,
-    # about the MLP head's cost at the same width). Only the map head reads it.
+    # in multiplies about the MLP head's cost at the same width). Only the map head reads it.
     map_conv: str = "full"
     # Classifier-free guidance on the head's draws, at the logits' last ramp value (HART). False: the head draws
     # once from the conditional branch. A head that reads nothing is never guided (both branches are the same).

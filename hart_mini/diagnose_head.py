@@ -175,7 +175,9 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
 
 def format_table(table: dict) -> str:
     """The table for people: one line per regime and column."""
-    lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}; "
+    drawn = table.get("head_sampling")  # tables written before it was stored lack it
+    how = f"; the head in {drawn['steps']} steps at temperature {drawn['temperature']:g}" if drawn else ""
+    lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}{how}; "
              f"real residual rms {table['real_residual_rms']:.3f}",
              f"{'regime':<7}{'column':<15}{'FD':>14}{'prompt acc':>16}{'texture':>16}{'HF ratio':>10}"]
     for regime, cells in table["regimes"].items():

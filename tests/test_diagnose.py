@@ -180,6 +180,7 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--head-temperature", "0.5", "--head-sampling-steps", "3"]) == 0
     assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5} != shipped
+    assert "the head in 3 steps at temperature 0.5" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--head-temperature", "-1"]) == 2
 
 
