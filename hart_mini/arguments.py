@@ -71,6 +71,14 @@ def positive(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    """A finite number >= 0 (a multiple of something, 0 = none of it)."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number >= 0")
+    return value
+
+
 def temperature(text: str) -> float:
     """A sampler temperature: a finite number >= 0 (0 draws no noise)."""
     value = number(text)

@@ -41,6 +41,7 @@ from hart_mini.arguments import (
     guidance,
     listed,
     minutes,
+    non_negative,
     odd,
     positive,
     probability,
@@ -505,7 +506,8 @@ def cmd_diagnose(args) -> dict:
         knobs = {"sampling_steps": args.head_sampling_steps, "temperature": args.head_temperature}
         model.head_cfg = dataclasses.replace(model.head_cfg, **{k: v for k, v in knobs.items() if v is not None})
         examples = {}
-        table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples)
+        table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples,
+                                         head_noise=args.head_noise)
         return emit_diagnosis({"model": source, **table}, diagnose_head.format_table(table),
                               lambda real: diagnose_head.figure(examples, real), data, args)
     result = {"model": source, "cfg": args.cfg, "seed": args.seed,
@@ -891,6 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-sampling-steps", type=count(1), default=None,
                    help="head: the head's sampling steps (default: the model's)")
     add_head_temperature(p, "the model's")
+    p.add_argument("--head-noise", type=non_negative, default=0.0,
+                   help="head: add this many times the noise control's noise (drawn per latent cell with the real "
+                        "residuals' covariance) to the head's draw; a probe of a head that draws the structure and "
+                        "leaves the mottle to noise (default: 0)")
     p.add_argument("--pool", type=count(1), default=10_000,
                    help="residual: training images whose residuals the same-code draws and the predictors use")
     p.add_argument("--patch", type=odd, default=5, help="residual: the neighbourhood (k x k cells) of the prediction")

@@ -49,11 +49,13 @@ def _rms(x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100,
-                noise_factor: torch.Tensor | None = None) -> dict:
+                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0) -> dict:
     """Images (N, 3, H, W) in [0, 1] of every column of one regime, for the held-out captions of `real`,
     batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry).
     noise_factor: L (C, C) with L L^T = Sigma, the real residuals' covariance (residual_stats); the noise
-    control's n = L g, g ~ N(0, I) per latent cell (its own generator, so the model's draws are unchanged)."""
+    control's n = L g, g ~ N(0, I) per latent cell (its own generator, so the model's draws are unchanged).
+    head_noise: s >= 0; the head-on column becomes f_hat + d + s n', n' a second draw of the noise control's noise
+    (a probe: a head that draws the residual's structure, plus the cell-by-cell mottle it leaves out)."""
     tok, K = model.tokenizer, model.K
     device = next(model.parameters()).device
     if noise_factor is None:
@@ -67,6 +69,9 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
         truth = tok.tokenize(x).indices
         out = model.sample_latent(captions, cfg_scale=cfg_scale, seed=seed + i,
                                   forced=truth[:forced_count(regime, K)])
+        if head_noise > 0:  # its own generator again: the head's and the noise control's draws stay as they were
+            mottle = torch.Generator(device=device).manual_seed(seed + i + 2)
+            out["latent"] = noise_control(out["latent"], head_noise * noise_factor, mottle)
         d = out["latent"] - out["f_hat"]  # (B, C, h, w): what the head added
         images["head_on"].append(model.decode(out).cpu())
         images["head_off"].append(model.decode({"latent": out["f_hat"], "path": "discrete"}).cpu())
@@ -114,29 +119,33 @@ def noise_control(f_hat: torch.Tensor, factor: torch.Tensor, generator: torch.Ge
 
 
 def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] = (0, 1000, 2000),
-               cfg_scale: float = 3.0, batch_size: int = 100, examples: dict | None = None) -> dict:
+               cfg_scale: float = 3.0, batch_size: int = 100, examples: dict | None = None,
+               head_noise: float = 0.0) -> dict:
     """The whole table: {regime: {column: metrics}} with FD (sd over seeds), prompt and texture accuracy
     (binomial SE), high-frequency ratio; per regime the head's rms, size ratio and cosine (mean and sd over
     seeds); and the real residual's rms. One forward pass per (regime, seed) serves every column.
-    examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`."""
+    examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`.
+    head_noise: s, the head-on column adds s times the noise control's noise to the head's draw (draw_regime)."""
     if model.mode != "last":
         raise ValueError(f"head mode {model.mode!r}: diagnose head needs a HART whose head draws the last "
                          "scale's residual (mode 'last')")
     if n < 2:
         raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
+    if not head_noise >= 0:
+        raise ValueError(f"head_noise={head_noise} is invalid: expected a number >= 0")
     real = held_out(data_config, n)
     counts = attribute_counts(real["caption"])
     stats = residual_stats(model, real, batch_size)
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
                    "head_sampling": {"steps": model.head_cfg.sampling_steps,
-                                     "temperature": model.head_cfg.temperature},
+                                     "temperature": model.head_cfg.temperature, "added_noise": head_noise},
                    "real_residual_rms": round(stats["rms"], 4), "regimes": {}}
     bar = tqdm(total=len(REGIMES) * len(seeds), desc="diagnose head", leave=False)
     for regime in REGIMES:
         rows = {c: [] for c in COLUMNS}
         head = {"rms": [], "size_ratio": [], "cosine": []}
         for seed in seeds:
-            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"])
+            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"], head_noise)
             for column, images in drawn["images"].items():
                 if examples is not None and seed == seeds[0]:
                     examples[f"{regime}: {column.replace('_', ' ')}"] = images[:8]
@@ -177,6 +186,8 @@ def format_table(table: dict) -> str:
     """The table for people: one line per regime and column."""
     drawn = table.get("head_sampling")  # tables written before it was stored lack it
     how = f"; the head in {drawn['steps']} steps at temperature {drawn['temperature']:g}" if drawn else ""
+    if drawn and drawn.get("added_noise"):
+        how += f", plus {drawn['added_noise']:g} x the noise control's noise"
     lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}{how}; "
              f"real residual rms {table['real_residual_rms']:.3f}",
              f"{'regime':<7}{'column':<15}{'FD':>14}{'prompt acc':>16}{'texture':>16}{'HF ratio':>10}"]

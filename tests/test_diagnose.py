@@ -157,6 +157,27 @@ def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch
     assert table["regimes"]["true"]["head_cosine"] == 0
 
 
+def test_head_noise_adds_the_controls_mottle_to_the_head_column_alone(monkeypatch):
+    from hart_mini import diagnose_head
+
+    model = _model()
+    monkeypatch.setattr(model, "_head_sample", lambda z, t, guided, steps, g: torch.zeros(
+        z.shape[0] // (2 if guided else 1), z.shape[1], model.tokenizer.cfg.latent_channels))
+    real = diagnose_head.held_out(PRESET.data, 6)
+    factor = diagnose_head.residual_stats(model, real, batch_size=3)["factor"]
+    drawn = {s: diagnose_head.draw_regime(model, real, "own", 3.0, seed=0, batch_size=3, noise_factor=factor,
+                                          head_noise=s) for s in (0.0, 0.5, 1.0)}
+    for column in ("head_off", "noise_control", "true_residual"):  # the other columns keep their draws
+        assert torch.equal(drawn[0.5]["images"][column], drawn[0.0]["images"][column])
+    assert torch.equal(drawn[0.0]["images"]["head_on"], drawn[0.0]["images"]["head_off"])  # a head adding nothing
+    assert not torch.allclose(drawn[0.5]["images"]["head_on"], drawn[0.0]["images"]["head_on"])
+    assert not torch.allclose(drawn[1.0]["images"]["head_on"], drawn[1.0]["images"]["noise_control"])  # own draw
+    rms = {s: d["sums"]["d2"] ** 0.5 for s, d in drawn.items()}  # the same mottle, scaled: rms in proportion
+    assert rms[0.0] == 0 and abs(rms[1.0] / rms[0.5] - 2) < 1e-4
+    with pytest.raises(ValueError, match="head_noise"):
+        diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), head_noise=-1)
+
+
 def test_diagnose_head_refuses_a_model_without_a_last_scale_head():
     from hart_mini import diagnose_head
 
@@ -179,9 +200,15 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     again = tmp_path / "cooler.json"
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--head-temperature", "0.5", "--head-sampling-steps", "3"]) == 0
-    assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5} != shipped
+    assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5,
+                                                              "added_noise": 0.0} != shipped
     assert "the head in 3 steps at temperature 0.5" in capsys.readouterr().err
+    assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
+                 "--overwrite", "--head-noise", "0.5"]) == 0
+    assert json.loads(again.read_text())["head_sampling"]["added_noise"] == 0.5
+    assert "plus 0.5 x the noise control's noise" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--head-temperature", "-1"]) == 2
+    assert main(["diagnose", "head", "--preset", "smoke", "--head-noise", "-0.1"]) == 2
 
 
 def test_caption_edits_keep_the_words_and_change_what_is_asked():
