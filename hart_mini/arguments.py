@@ -71,28 +71,19 @@ def positive(text: str) -> float:
     return value
 
 
-def non_negative(text: str) -> float:
-    """A finite number >= 0 (a multiple of something, 0 = none of it)."""
-    value = number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number >= 0")
-    return value
+def not_negative(expected: str):
+    """A finite number >= 0; `expected` names one in the error."""
+    def parse(text: str) -> float:
+        value = number(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is invalid: expected {expected}")
+        return value
+    return parse
 
 
-def temperature(text: str) -> float:
-    """A sampler temperature: a finite number >= 0 (0 draws no noise)."""
-    value = number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a number >= 0 (1 = the model's own spread)")
-    return value
-
-
-def minutes(text: str) -> float:
-    """A finite number of minutes >= 0 (0: stop at the first checkpoint)."""
-    value = number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is invalid: expected a finite number of minutes >= 0")
-    return value
+non_negative = not_negative("a finite number >= 0")  # a multiple of something, 0 = none of it
+temperature = not_negative("a number >= 0 (1 = the model's own spread)")  # a sampler's; 0 draws no noise
+minutes = not_negative("a finite number of minutes >= 0")  # 0: stop at the first checkpoint
 
 
 def share(low: float, high: float):
