@@ -507,7 +507,7 @@ def cmd_diagnose(args) -> dict:
         model.head_cfg = dataclasses.replace(model.head_cfg, **{k: v for k, v in knobs.items() if v is not None})
         examples = {}
         table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples,
-                                         head_noise=args.head_noise)
+                                         head_noise=args.head_noise, head_scale=args.head_scale)
         return emit_diagnosis({"model": source, **table}, diagnose_head.format_table(table),
                               lambda real: diagnose_head.figure(examples, real), data, args)
     result = {"model": source, "cfg": args.cfg, "seed": args.seed,
@@ -897,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head: add this many times the noise control's noise (drawn per latent cell with the real "
                         "residuals' covariance) to the head's draw; a probe of a head that draws the structure and "
                         "leaves the mottle to noise (default: 0)")
+    p.add_argument("--head-scale", type=non_negative, default=1.0,
+                   help="head: multiply the head's draw by this (before --head-noise); a probe of what the draw's "
+                        "size does with its shape kept (default: 1)")
     p.add_argument("--pool", type=count(1), default=10_000,
                    help="residual: training images whose residuals the same-code draws and the predictors use")
     p.add_argument("--patch", type=odd, default=5, help="residual: the neighbourhood (k x k cells) of the prediction")

@@ -19,6 +19,13 @@ the head the size of what it adds, against the real residual:
     size ratio           |d| / |f - f_hat|                          (own, true: the residual it should draw)
     cosine               <d, f - f_hat> / (|d| |f - f_hat|)         1 = the right direction
 
+Why a column's FD moves: FD = ||mu - mu_real||^2 + a covariance term (judge features); `fd_mean` is the first
+term, the part a shift of the features' mean makes. And where the head's draw d puts its energy, per image:
+
+    d = global + coarse + fine      global: d's mean over the map; coarse: the rest averaged over 2x2 cells
+                                    (upsampled back); fine: what is left, cell to cell
+    a draw white across cells has coarse = rms/2 and fine = rms sqrt(3)/2; the real residual's is printed beside
+
 The head-on and head-off images of a seed share their tokens (the head draws after the last token), so
 their difference is the head's alone: per regime, the FD gain (head off - head on, seed by seed) with its sd
 over seeds, the noise a gain must beat. Noise otherwise: FD's sd over sampling seeds, binomial SE of accuracies.
@@ -29,10 +36,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hart_mini.measure.evaluate import aggregate_seeds, attribute_counts, evaluate_generator, held_out, seed_spread
-from hart_mini.measure.metrics import high_frequency_ratio
+from hart_mini.measure.evaluate import (
+    aggregate_seeds,
+    attribute_counts,
+    evaluate_generator,
+    held_out,
+    judge_features,
+    seed_spread,
+)
+from hart_mini.measure.metrics import frechet_mean_term, high_frequency_ratio
 
 REGIMES = ("free", "own", "true")
 COLUMNS = ("head_on", "head_off", "noise_control", "true_residual")
@@ -47,21 +62,37 @@ def _rms(x: torch.Tensor) -> float:
     return float(x.float().pow(2).mean().sqrt())
 
 
+SPLIT = ("global", "coarse", "fine")
+
+
+def spatial_split(d: torch.Tensor) -> dict[str, float]:
+    """Sums of squares of d (B, C, h, w, h and w even) split by scale: global (each image's mean over the map),
+    coarse (the rest's 2x2 cell means, upsampled) and fine (what is left). The three parts are orthogonal, so
+    their sums add up to d's."""
+    overall = d.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+    coarse = F.interpolate(F.avg_pool2d(d - overall, 2), scale_factor=2, mode="nearest")  # (B, C, h, w)
+    fine = d - overall - coarse
+    parts = (overall.expand_as(d), coarse, fine)
+    return {name: float(part.double().pow(2).sum()) for name, part in zip(SPLIT, parts)}
+
+
 @torch.no_grad()
 def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100,
-                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0) -> dict:
+                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0, head_scale: float = 1.0) -> dict:
     """Images (N, 3, H, W) in [0, 1] of every column of one regime, for the held-out captions of `real`,
     batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry).
     noise_factor: L (C, C) with L L^T = Sigma, the real residuals' covariance (residual_stats); the noise
     control's n = L g, g ~ N(0, I) per latent cell (its own generator, so the model's draws are unchanged).
     head_noise: s >= 0; the head-on column becomes f_hat + d + s n', n' a second draw of the noise control's noise
-    (a probe: a head that draws the residual's structure, plus the cell-by-cell mottle it leaves out)."""
+    (a probe: a head that draws the residual's structure, plus the cell-by-cell mottle it leaves out).
+    head_scale: s >= 0; the head's draw d becomes s d (before head_noise): a probe of what the draw's size does,
+    its shape kept."""
     tok, K = model.tokenizer, model.K
     device = next(model.parameters()).device
     if noise_factor is None:
         noise_factor = residual_stats(model, real, batch_size)["factor"]
     images = {c: [] for c in COLUMNS}
-    sums = {"d2": 0.0, "r2": 0.0, "dr": 0.0, "count": 0}
+    sums = {"d2": 0.0, "r2": 0.0, "dr": 0.0, "count": 0, **{name: 0.0 for name in SPLIT}}
     for i in range(0, len(real["caption"]), batch_size):
         captions = real["caption"][i:i + batch_size]
         x = real["image"][i:i + batch_size].to(device)
@@ -69,6 +100,8 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
         truth = tok.tokenize(x).indices
         out = model.sample_latent(captions, cfg_scale=cfg_scale, seed=seed + i,
                                   forced=truth[:forced_count(regime, K)])
+        if head_scale != 1:
+            out["latent"] = out["f_hat"] + head_scale * (out["latent"] - out["f_hat"])
         if head_noise > 0:  # its own generator again: the head's and the noise control's draws stay as they were
             mottle = torch.Generator(device=device).manual_seed(seed + i + 2)
             out["latent"] = noise_control(out["latent"], head_noise * noise_factor, mottle)
@@ -83,6 +116,8 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
             sums["r2"] += float(residual.pow(2).sum())
             sums["dr"] += float((d * residual).sum())
         sums["d2"] += float(d.pow(2).sum())
+        for name, value in spatial_split(d).items():
+            sums[name] += value
         sums["count"] += d.numel()
     return {"images": {c: torch.cat(v) for c, v in images.items() if v}, "sums": sums}
 
@@ -90,17 +125,21 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
 @torch.no_grad()
 def residual_stats(model, real: dict, batch_size: int = 100) -> dict:
     """The real residuals r = f - f_hat (the images' own tokens), one C-vector per latent cell: their rms
-    sqrt(mean r^2) (the size of a real residual) and the factor L (C, C) of their covariance, L L^T = Sigma,
-    Sigma = mean over cells of (r - mean r)(r - mean r)^T, for the noise control."""
+    sqrt(mean r^2) (the size of a real residual), its spatial split (rms of each part, spatial_split) and the
+    factor L (C, C) of their covariance, L L^T = Sigma, Sigma = mean over cells of (r - mean r)(r - mean r)^T,
+    for the noise control."""
     device = next(model.parameters()).device
-    cells = []
+    cells, split = [], {name: 0.0 for name in SPLIT}
     for i in range(0, len(real["caption"]), batch_size):
         x = real["image"][i:i + batch_size].to(device)
         f = model.tokenizer.encode(x)
         f_hat = model.tokenizer.quantizer.quantize(f)[1]  # the full discrete latent of the true tokens
         cells.append((f - f_hat).permute(0, 2, 3, 1).flatten(0, 2).cpu().double())  # (B h w, C); MPS has no fp64
+        for name, value in spatial_split(f - f_hat).items():
+            split[name] += value
     r = torch.cat(cells)
-    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": covariance_factor(r).to(device)}
+    return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": covariance_factor(r).to(device),
+            "split": {name: math.sqrt(value / r.numel()) for name, value in split.items()}}
 
 
 def covariance_factor(r: torch.Tensor) -> torch.Tensor:
@@ -120,41 +159,50 @@ def noise_control(f_hat: torch.Tensor, factor: torch.Tensor, generator: torch.Ge
 
 def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] = (0, 1000, 2000),
                cfg_scale: float = 3.0, batch_size: int = 100, examples: dict | None = None,
-               head_noise: float = 0.0) -> dict:
+               head_noise: float = 0.0, head_scale: float = 1.0) -> dict:
     """The whole table: {regime: {column: metrics}} with FD (sd over seeds), prompt and texture accuracy
     (binomial SE), high-frequency ratio; per regime the head's rms, size ratio and cosine (mean and sd over
     seeds); and the real residual's rms. One forward pass per (regime, seed) serves every column.
     examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`.
-    head_noise: s, the head-on column adds s times the noise control's noise to the head's draw (draw_regime)."""
+    head_noise: s, the head-on column adds s times the noise control's noise to the head's draw (draw_regime).
+    head_scale: s, the head's draw is multiplied by s (draw_regime)."""
     if model.mode != "last":
         raise ValueError(f"head mode {model.mode!r}: diagnose head needs a HART whose head draws the last "
                          "scale's residual (mode 'last')")
     if n < 2:
         raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
-    if not head_noise >= 0:
-        raise ValueError(f"head_noise={head_noise} is invalid: expected a number >= 0")
+    for name, value in (("head_noise", head_noise), ("head_scale", head_scale)):
+        if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+            raise ValueError(f"{name}={value} is invalid: expected a finite number >= 0")
     real = held_out(data_config, n)
     counts = attribute_counts(real["caption"])
     stats = residual_stats(model, real, batch_size)
+    real_features = judge_features(judge, real["image"])
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
                    "head_sampling": {"steps": model.head_cfg.sampling_steps,
-                                     "temperature": model.head_cfg.temperature, "added_noise": head_noise},
-                   "real_residual_rms": round(stats["rms"], 4), "regimes": {}}
+                                     "temperature": model.head_cfg.temperature, "added_noise": head_noise,
+                                     "scale": head_scale},
+                   "real_residual_rms": round(stats["rms"], 4),
+                   "real_residual_split": {k: round(v, 4) for k, v in stats["split"].items()}, "regimes": {}}
     bar = tqdm(total=len(REGIMES) * len(seeds), desc="diagnose head", leave=False)
     for regime in REGIMES:
         rows = {c: [] for c in COLUMNS}
-        head = {"rms": [], "size_ratio": [], "cosine": []}
+        head = {"rms": [], "size_ratio": [], "cosine": [], **{f"split_{name}": [] for name in SPLIT}}
         for seed in seeds:
-            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"], head_noise)
+            drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"], head_noise,
+                                head_scale)
             for column, images in drawn["images"].items():
                 if examples is not None and seed == seeds[0]:
                     examples[f"{regime}: {column.replace('_', ' ')}"] = images[:8]
                 row = evaluate_generator(lambda p, i, im=images: im[i:i + len(p)], judge, data_config, n,
                                          batch_size, reference=real)
                 row["hf_ratio"] = round(high_frequency_ratio(images * 2 - 1, real["image"]), 4)
+                row["fd_mean"] = frechet_mean_term(judge_features(judge, images * 2 - 1), real_features)
                 rows[column].append(row)
             s = drawn["sums"]
             head["rms"].append(math.sqrt(s["d2"] / s["count"]))
+            for name in SPLIT:
+                head[f"split_{name}"].append(math.sqrt(s[name] / s["count"]))
             if regime != "free":
                 head["size_ratio"].append(math.sqrt(s["d2"] / max(s["r2"], 1e-12)))
                 head["cosine"].append(s["dr"] / max(math.sqrt(s["d2"] * s["r2"]), 1e-12))
@@ -163,10 +211,10 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
         for column, per_seed in rows.items():
             if per_seed:
                 cell = aggregate_seeds(per_seed, counts)
-                hf = [r["hf_ratio"] for r in per_seed]
-                cell["hf_ratio"] = round(sum(hf) / len(hf), 4)
+                for key in ("hf_ratio", "fd_mean"):  # means over seeds
+                    cell[key] = round(sum(r[key] for r in per_seed) / len(per_seed), 4)
                 cells[column] = {k: v for k, v in cell.items()
-                                 if k in ("n", "fd", "fd_sd", "hf_ratio") or k.startswith(("prompt_accuracy",
+                                 if k in ("n", "fd", "fd_sd", "fd_mean", "hf_ratio") or k.startswith(("prompt_accuracy",
                                                                                            "acc_texture"))}
                 cells[column]["fd_seeds"] = [round(r["fd"], 4) for r in per_seed]
         # Head on and off share their tokens seed by seed, so their FD difference is paired: its sd over seeds
@@ -186,17 +234,21 @@ def format_table(table: dict) -> str:
     """The table for people: one line per regime and column."""
     drawn = table.get("head_sampling")  # tables written before it was stored lack it
     how = f"; the head in {drawn['steps']} steps at temperature {drawn['temperature']:g}" if drawn else ""
+    if drawn and drawn.get("scale", 1) != 1:
+        how += f", its draw x {drawn['scale']:g}"
     if drawn and drawn.get("added_noise"):
         how += f", plus {drawn['added_noise']:g} x the noise control's noise"
     lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}{how}; "
              f"real residual rms {table['real_residual_rms']:.3f}",
-             f"{'regime':<7}{'column':<15}{'FD':>14}{'prompt acc':>16}{'texture':>16}{'HF ratio':>10}"]
+             f"{'regime':<7}{'column':<15}{'FD':>14}{'(mean term)':>13}{'prompt acc':>16}{'texture':>16}"
+             f"{'HF ratio':>10}"]
     for regime, cells in table["regimes"].items():
         for column in COLUMNS:
             c = cells.get(column)
             if c is None:
                 continue
-            lines.append(f"{regime:<7}{column:<15}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}"
+            mean_term = f"{c['fd_mean']:>13.3f}" if "fd_mean" in c else f"{'':>13}"  # older tables lack it
+            lines.append(f"{regime:<7}{column:<15}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}{mean_term}"
                          f"{c['prompt_accuracy']:>9.3f} ±{c['prompt_accuracy_se']:.3f}"
                          f"{c['acc_texture']:>9.3f} ±{c['acc_texture_se']:.3f}{c['hf_ratio']:>10.3f}")
         extra = f"        head rms {cells['head_rms']:.3f}"
@@ -206,6 +258,11 @@ def format_table(table: dict) -> str:
             extra += (f", size ratio |d|/|f - f_hat| {cells['head_size_ratio']:.2f}, "
                       f"cosine {cells['head_cosine']:.2f}")
         lines.append(extra)
+        if "head_split_fine" in cells:
+            real = table["real_residual_split"]
+            lines.append("        head draw by scale (rms): " + ", ".join(
+                f"{name} {cells[f'head_split_{name}']:.3f}" for name in SPLIT) + "; the real residual's: "
+                + ", ".join(f"{name} {real[name]:.3f}" for name in SPLIT))
     return "\n".join(lines)
 
 

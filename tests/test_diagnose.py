@@ -178,6 +178,65 @@ def test_head_noise_adds_the_controls_mottle_to_the_head_column_alone(monkeypatc
         diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), head_noise=-1)
 
 
+def test_spatial_split_parts_add_up_and_read_where_a_map_holds_its_energy():
+    from hart_mini.diagnose_head import SPLIT, spatial_split
+
+    torch.manual_seed(0)
+    white = torch.randn(8, 4, 16, 16)
+    parts = spatial_split(white)
+    assert set(parts) == set(SPLIT) and sum(parts.values()) == pytest.approx(float(white.pow(2).sum()), rel=1e-6)
+    rms = {k: (v / white.numel()) ** 0.5 for k, v in parts.items()}  # white: coarse 1/2, fine sqrt(3)/2
+    assert rms["coarse"] == pytest.approx(0.5, abs=0.02) and rms["fine"] == pytest.approx(3 ** 0.5 / 2, abs=0.02)
+    flat = torch.randn(8, 4, 1, 1).expand(8, 4, 16, 16)  # one value per image and channel: all global
+    assert spatial_split(flat)["coarse"] < 1e-6 and spatial_split(flat)["fine"] < 1e-6
+    blocks = torch.nn.functional.interpolate(torch.randn(8, 4, 8, 8), scale_factor=2)  # constant on 2x2 cells
+    assert spatial_split(blocks)["fine"] < 1e-6 < spatial_split(blocks)["coarse"]
+
+
+def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeypatch):
+    from hart_mini import diagnose_head
+
+    model = _model()
+    with torch.no_grad():  # a head whose output depends on its inputs
+        for p in model.head.parameters():
+            p.normal_(0, 0.1)
+    real = diagnose_head.held_out(PRESET.data, 6)
+    factor = diagnose_head.residual_stats(model, real, batch_size=3)["factor"]
+    drawn = {s: diagnose_head.draw_regime(model, real, "own", 3.0, seed=0, batch_size=3, noise_factor=factor,
+                                          head_scale=s) for s in (0.0, 0.5, 1.0)}
+    for column in ("head_off", "noise_control", "true_residual"):
+        assert torch.equal(drawn[0.5]["images"][column], drawn[1.0]["images"][column])
+    assert torch.allclose(drawn[0.0]["images"]["head_on"], drawn[0.0]["images"]["head_off"], atol=1e-6)
+    rms = {s: d["sums"]["d2"] ** 0.5 for s, d in drawn.items()}  # the same draw, scaled
+    assert rms[0.0] == 0 and rms[1.0] > 0 and abs(rms[1.0] / rms[0.5] - 2) < 1e-4
+    for s, d in drawn.items():  # the split adds up to the draw
+        assert sum(d["sums"][k] for k in diagnose_head.SPLIT) == pytest.approx(d["sums"]["d2"], rel=1e-5, abs=1e-12)
+    for bad in (-1, float("inf")):
+        with pytest.raises(ValueError, match="head_scale"):
+            diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), head_scale=bad)
+
+
+def test_head_table_splits_fd_and_the_draw():
+    from hart_mini import diagnose_head
+
+    model = _model()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 0.1)
+    table = diagnose_head.head_table(model, _judge(), PRESET.data, n=6, seeds=(0,), batch_size=3)
+    real = table["real_residual_split"]
+    assert set(real) == set(diagnose_head.SPLIT)
+    assert sum(v ** 2 for v in real.values()) == pytest.approx(table["real_residual_rms"] ** 2, rel=1e-2)
+    for cells in table["regimes"].values():
+        for column in diagnose_head.COLUMNS:
+            if column in cells:  # the mean term is a part of FD
+                assert 0 <= cells[column]["fd_mean"] <= cells[column]["fd"] + 1e-3
+        split = sum(cells[f"head_split_{k}"] ** 2 for k in diagnose_head.SPLIT)
+        assert split == pytest.approx(cells["head_rms"] ** 2, rel=1e-2)
+    text = diagnose_head.format_table(table)
+    assert "(mean term)" in text and "the real residual's: global" in text
+
+
 def test_diagnose_head_refuses_a_model_without_a_last_scale_head():
     from hart_mini import diagnose_head
 
@@ -201,7 +260,7 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--head-temperature", "0.5", "--head-sampling-steps", "3"]) == 0
     assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5,
-                                                              "added_noise": 0.0} != shipped
+                                                              "added_noise": 0.0, "scale": 1.0} != shipped
     assert "the head in 3 steps at temperature 0.5" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--overwrite", "--head-noise", "0.5"]) == 0
@@ -209,6 +268,11 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert "plus 0.5 x the noise control's noise" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--head-temperature", "-1"]) == 2
     assert main(["diagnose", "head", "--preset", "smoke", "--head-noise", "-0.1"]) == 2
+    assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
+                 "--overwrite", "--head-scale", "0.5"]) == 0
+    assert json.loads(again.read_text())["head_sampling"]["scale"] == 0.5
+    assert "its draw x 0.5" in capsys.readouterr().err
+    assert main(["diagnose", "head", "--preset", "smoke", "--head-scale", "-0.1"]) == 2
 
 
 def test_caption_edits_keep_the_words_and_change_what_is_asked():

@@ -9,7 +9,7 @@ from hart_mini import pretrained
 from hart_mini.config import get_preset
 from hart_mini.measure.evaluate import attribute_counts
 from hart_mini.measure.judge import NONE, Judge, cell_targets, prompt_accuracy
-from hart_mini.measure.metrics import frechet_distance
+from hart_mini.measure.metrics import frechet_distance, frechet_mean_term
 from hart_mini.model.baselines import LatentDiffusion
 from hart_mini.model.data import SHAPES, ToyShapes, parse_caption
 from hart_mini.model.text import CaptionTokenizer
@@ -28,6 +28,17 @@ def test_fd_of_a_set_with_itself_is_zero_and_grows_with_noise():
     assert shifted == pytest.approx(64.0, rel=1e-6)
     with pytest.raises(ValueError, match="same F"):
         frechet_distance(a, a[:, :3])
+
+
+def test_fd_mean_term_is_the_mean_shift_alone():
+    torch.manual_seed(0)
+    a = torch.randn(2000, 16) @ torch.randn(16, 16) + 3.0
+    assert frechet_mean_term(a, a + torch.tensor(2.0)) == pytest.approx(64.0, rel=1e-6)  # all of that FD
+    spread = a + 0.5 * torch.randn_like(a)
+    spread = spread - spread.mean(0) + a.mean(0)  # a's mean, a wider covariance
+    assert frechet_mean_term(a, spread) < 1e-9 < frechet_distance(a, spread)  # FD only in the covariances
+    b = 1.5 * a + 1.0
+    assert 0 < frechet_mean_term(a, b) < frechet_distance(a, b)
 
 
 def test_captions_parse_back_to_their_labels():

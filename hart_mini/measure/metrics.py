@@ -81,3 +81,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     cross = _sqrtm_psd(root_a @ s_b @ root_a)
     fd = (mu_a - mu_b).pow(2).sum() + torch.trace(s_a) + torch.trace(s_b) - 2 * torch.trace(cross)
     return float(fd.clamp_min(0))
+
+
+def frechet_mean_term(a: torch.Tensor, b: torch.Tensor) -> float:
+    """FD's first term ||mu_a - mu_b||^2 (feature sets (N, F), (M, F)): the part of frechet_distance that a shift
+    of the features' mean makes; the rest is the covariances' term."""
+    return float((a.double().mean(0) - b.double().mean(0)).pow(2).sum())
