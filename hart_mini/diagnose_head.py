@@ -26,6 +26,9 @@ term, the part a shift of the features' mean makes. And where the head's draw d 
                                     (upsampled back); fine: what is left, cell to cell
     a draw white across cells has coarse = rms/2 and fine = rms sqrt(3)/2; the real residual's is printed beside
 
+and, where the scene is the real one (own, true), d's rms on object cells and on background cells against the real
+residual's (measure/regions.py).
+
 The head-on and head-off images of a seed share their tokens (the head draws after the last token), so
 their difference is the head's alone: per regime, the FD gain (head off - head on, seed by seed) with its sd
 over seeds, the noise a gain must beat. Noise otherwise: FD's sd over sampling seeds, binomial SE of accuracies.
@@ -48,6 +51,9 @@ from hart_mini.measure.evaluate import (
     seed_spread,
 )
 from hart_mini.measure.metrics import frechet_mean_term, high_frequency_ratio
+from hart_mini.measure.regions import held_out_regions, region_sums
+
+REGIONS = ("object", "background")
 
 REGIMES = ("free", "own", "true")
 COLUMNS = ("head_on", "head_off", "noise_control", "true_residual")
@@ -78,7 +84,8 @@ def spatial_split(d: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100,
-                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0, head_scale: float = 1.0) -> dict:
+                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0, head_scale: float = 1.0,
+                regions: dict | None = None) -> dict:
     """Images (N, 3, H, W) in [0, 1] of every column of one regime, for the held-out captions of `real`,
     batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry).
     noise_factor: L (C, C) with L L^T = Sigma, the real residuals' covariance (residual_stats); the noise
@@ -86,13 +93,15 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
     head_noise: s >= 0; the head-on column becomes f_hat + d + s n', n' a second draw of the noise control's noise
     (a probe: a head that draws the residual's structure, plus the cell-by-cell mottle it leaves out).
     head_scale: s >= 0; the head's draw d becomes s d (before head_noise): a probe of what the draw's size does,
-    its shape kept."""
+    its shape kept. regions: held_out_regions of `real`, to sum d's squares over object and background cells
+    (own and true regimes, where the scene is the real one)."""
     tok, K = model.tokenizer, model.K
     device = next(model.parameters()).device
     if noise_factor is None:
         noise_factor = residual_stats(model, real, batch_size)["factor"]
     images = {c: [] for c in COLUMNS}
-    sums = {"d2": 0.0, "r2": 0.0, "dr": 0.0, "count": 0, **{name: 0.0 for name in SPLIT}}
+    sums = {"d2": 0.0, "r2": 0.0, "dr": 0.0, "count": 0, **{name: 0.0 for name in SPLIT},
+            **{name: [0.0, 0] for name in REGIONS}}
     for i in range(0, len(real["caption"]), batch_size):
         captions = real["caption"][i:i + batch_size]
         x = real["image"][i:i + batch_size].to(device)
@@ -115,6 +124,10 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
             images["true_residual"].append(tok.decode(f, "continuous").clamp(-1, 1).add(1).div(2).cpu())
             sums["r2"] += float(residual.pow(2).sum())
             sums["dr"] += float((d * residual).sum())
+            if regions is not None:
+                for name, (total, count) in region_sums(d, regions, i).items():
+                    sums[name][0] += total
+                    sums[name][1] += count
         sums["d2"] += float(d.pow(2).sum())
         for name, value in spatial_split(d).items():
             sums[name] += value
@@ -123,13 +136,14 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
 
 
 @torch.no_grad()
-def residual_stats(model, real: dict, batch_size: int = 100) -> dict:
+def residual_stats(model, real: dict, batch_size: int = 100, regions: dict | None = None) -> dict:
     """The real residuals r = f - f_hat (the images' own tokens), one C-vector per latent cell: their rms
     sqrt(mean r^2) (the size of a real residual), its spatial split (rms of each part, spatial_split) and the
     factor L (C, C) of their covariance, L L^T = Sigma, Sigma = mean over cells of (r - mean r)(r - mean r)^T,
-    for the noise control."""
+    for the noise control; with regions (held_out_regions of `real`), its rms on object and background cells.
+    """
     device = next(model.parameters()).device
-    cells, split = [], {name: 0.0 for name in SPLIT}
+    cells, split, where = [], {name: 0.0 for name in SPLIT}, {name: [0.0, 0] for name in REGIONS}
     for i in range(0, len(real["caption"]), batch_size):
         x = real["image"][i:i + batch_size].to(device)
         f = model.tokenizer.encode(x)
@@ -137,9 +151,14 @@ def residual_stats(model, real: dict, batch_size: int = 100) -> dict:
         cells.append((f - f_hat).permute(0, 2, 3, 1).flatten(0, 2).cpu().double())  # (B h w, C); MPS has no fp64
         for name, value in spatial_split(f - f_hat).items():
             split[name] += value
+        if regions is not None:
+            for name, (total, count) in region_sums(f - f_hat, regions, i).items():
+                where[name][0] += total
+                where[name][1] += count
     r = torch.cat(cells)
     return {"rms": math.sqrt(float(r.pow(2).mean())), "factor": covariance_factor(r).to(device),
-            "split": {name: math.sqrt(value / r.numel()) for name, value in split.items()}}
+            "split": {name: math.sqrt(value / r.numel()) for name, value in split.items()},
+            "by_region": {name: math.sqrt(total / max(count, 1)) for name, (total, count) in where.items()}}
 
 
 def covariance_factor(r: torch.Tensor) -> torch.Tensor:
@@ -176,21 +195,24 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
             raise ValueError(f"{name}={value} is invalid: expected a finite number >= 0")
     real = held_out(data_config, n)
     counts = attribute_counts(real["caption"])
-    stats = residual_stats(model, real, batch_size)
+    regions = held_out_regions(data_config, n, model.scales[-1])
+    stats = residual_stats(model, real, batch_size, regions)
     real_features = judge_features(judge, real["image"])
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
                    "head_sampling": {"steps": model.head_cfg.sampling_steps,
                                      "temperature": model.head_cfg.temperature, "added_noise": head_noise,
                                      "scale": head_scale},
                    "real_residual_rms": round(stats["rms"], 4),
-                   "real_residual_split": {k: round(v, 4) for k, v in stats["split"].items()}, "regimes": {}}
+                   "real_residual_split": {k: round(v, 4) for k, v in stats["split"].items()},
+                   "real_residual_by_region": {k: round(v, 4) for k, v in stats["by_region"].items()}, "regimes": {}}
     bar = tqdm(total=len(REGIMES) * len(seeds), desc="diagnose head", leave=False)
     for regime in REGIMES:
         rows = {c: [] for c in COLUMNS}
-        head = {"rms": [], "size_ratio": [], "cosine": [], **{f"split_{name}": [] for name in SPLIT}}
+        head = {"rms": [], "size_ratio": [], "cosine": [], **{f"split_{name}": [] for name in SPLIT},
+                **{f"rms_{name}": [] for name in REGIONS}}
         for seed in seeds:
             drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"], head_noise,
-                                head_scale)
+                                head_scale, regions)
             for column, images in drawn["images"].items():
                 if examples is not None and seed == seeds[0]:
                     examples[f"{regime}: {column.replace('_', ' ')}"] = images[:8]
@@ -206,6 +228,8 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
             if regime != "free":
                 head["size_ratio"].append(math.sqrt(s["d2"] / max(s["r2"], 1e-12)))
                 head["cosine"].append(s["dr"] / max(math.sqrt(s["d2"] * s["r2"]), 1e-12))
+                for name in REGIONS:
+                    head[f"rms_{name}"].append(math.sqrt(s[name][0] / max(s[name][1], 1)))
             bar.update(1)
         cells = {}
         for column, per_seed in rows.items():
@@ -263,6 +287,11 @@ def format_table(table: dict) -> str:
             lines.append("        head draw by scale (rms): " + ", ".join(
                 f"{name} {cells[f'head_split_{name}']:.3f}" for name in SPLIT) + "; the real residual's: "
                 + ", ".join(f"{name} {real[name]:.3f}" for name in SPLIT))
+        if "head_rms_object" in cells:
+            real = table["real_residual_by_region"]
+            lines.append(f"        head rms on object cells {cells['head_rms_object']:.3f}, on background cells "
+                         f"{cells['head_rms_background']:.3f}; the real residual's: {real['object']:.3f}, "
+                         f"{real['background']:.3f}")
     return "\n".join(lines)
 
 

@@ -20,7 +20,10 @@ column decodes f_hat + r' for the same held-out images:
 
 Per column: the latent error |f_hat + r' - f|^2 and the pixel error |decode(f_hat + r') - x|^2 (means), the
 share of the pixel gap it closes, (pixel error of none - of r') / (of none - of true), then FD, prompt and
-texture accuracy by the judge and the high-frequency energy ratio. A head can add no more than the columns
+texture accuracy by the judge, the high-frequency energy ratio, and the background detail: the grain a column's
+backgrounds show, rms of (image - the scene drawn without noise) over background pixels, against the real
+images' (measure/regions.py). And the real residual's rms on object cells and on background cells: where the
+detail the tokens lose sits. A head can add no more than the columns
 that know only what it knows: the pixel gap a deterministic prediction closes is the detail the tokens
 determine; the rest is detail they do not, which a sampler can only draw at random.
 """
@@ -37,6 +40,7 @@ from tqdm.auto import tqdm
 from hart_mini.diagnose_head import covariance_factor, noise_control
 from hart_mini.measure.evaluate import evaluate_generator, held_out
 from hart_mini.measure.metrics import high_frequency_ratio
+from hart_mini.measure.regions import background_detail, held_out_regions, region_rms
 from hart_mini.model.data import ToyShapes
 from hart_mini.model.hart import map_to_tokens
 
@@ -176,6 +180,7 @@ def residual_table(tokenizer, judge, data_config, n: int = 1000, pool: int = 10_
     x = real["image"].to(device)
     T = latents(tokenizer, x)
     r = T["f"] - T["f_hat"]
+    regions = held_out_regions(data_config, n, r.shape[-1])
     bar.update(1)
     generator = torch.Generator().manual_seed(seed)
     pool_cells = cells(pool_r).cpu()
@@ -197,6 +202,8 @@ def residual_table(tokenizer, judge, data_config, n: int = 1000, pool: int = 10_
     bar.update(1)
     table = {"n": n, "pool_images": pool, "patch": patch, "pixel_steps": pixel_steps, "seed": seed,
              "residual_rms": round(float(r.pow(2).mean().sqrt()), 4),
+             "residual_rms_by_region": {k: round(v, 4) for k, v in region_rms(r.cpu(), regions).items()},
+             "real_background_detail": round(background_detail(real["image"], regions), 4),
              "r2_predicted": round(r_squared(r, residuals["predicted"]), 4), "columns": {}}
     if pixel_steps:
         table["r2_for_pixels"] = round(r_squared(r, residuals["for_pixels"]), 4)
@@ -212,7 +219,8 @@ def residual_table(tokenizer, judge, data_config, n: int = 1000, pool: int = 10_
             "latent_error": round(float((T["f_hat"] + added - T["f"]).pow(2).mean()), 6),
             "pixel_error": round(pixel_error[name], 6), "added_rms": round(float(added.pow(2).mean().sqrt()), 4),
             "fd": row["fd"], "prompt_accuracy": row["prompt_accuracy"], "acc_texture": row["acc_texture"],
-            "hf_ratio": round(high_frequency_ratio(images.cpu(), real["image"]), 4)}
+            "hf_ratio": round(high_frequency_ratio(images.cpu(), real["image"]), 4),
+            "background_detail": round(background_detail(images.cpu(), regions), 4)}
         if examples is not None:
             examples[name] = images[:8].cpu()
     gap = pixel_error["none"] - pixel_error["true"]
@@ -230,12 +238,17 @@ def format_table(table: dict) -> str:
              f"{table['patch']} prediction {table['r2_predicted']:.2f}"
              + (f", of the pixel predictor {table['r2_for_pixels']:.2f}" if "r2_for_pixels" in table else ""),
              f"{'column':<12}{'rms added':>10}{'latent err':>11}{'pixel err':>11}{'gap closed':>11}{'FD':>8}"
-             f"{'prompt':>8}{'texture':>8}{'HF ratio':>9}"]
+             f"{'prompt':>8}{'texture':>8}{'HF ratio':>9}{'bg detail':>10}"]
     for name in [c for c in COLUMNS if c in table["columns"]]:  # the order of the text, whatever the JSON's
         c = table["columns"][name]
         lines.append(f"{name:<12}{c['added_rms']:>10.3f}{c['latent_error']:>11.5f}{c['pixel_error']:>11.5f}"
                      f"{_share(c['pixel_gap_closed']):>11}{c['fd']:>8.3f}{c['prompt_accuracy']:>8.3f}"
-                     f"{c['acc_texture']:>8.3f}{c['hf_ratio']:>9.3f}")
+                     f"{c['acc_texture']:>8.3f}{c['hf_ratio']:>9.3f}"
+                     + (f"{c['background_detail']:>10.4f}" if "background_detail" in c else ""))  # older tables lack it
+    if "real_background_detail" in table:
+        where = table["residual_rms_by_region"]
+        lines.append(f"real images' background detail {table['real_background_detail']:.4f}; the real residual's rms "
+                     f"on object cells {where['object']:.3f}, on background cells {where['background']:.3f}")
     return "\n".join(lines)
 
 

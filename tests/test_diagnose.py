@@ -154,6 +154,8 @@ def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch
     table = diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), batch_size=4)
     for cells in table["regimes"].values():
         assert cells["head_rms"] == 0 and cells["head_on"]["fd"] == cells["head_off"]["fd"] and cells["fd_gain"] == 0
+        assert cells["head_on"]["fd_mean"] == cells["head_off"]["fd_mean"]
+        assert all(cells.get(f"head_rms_{k}", 0) == 0 for k in diagnose_head.REGIONS)
     assert table["regimes"]["true"]["head_cosine"] == 0
 
 
@@ -209,7 +211,7 @@ def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeyp
     assert torch.allclose(drawn[0.0]["images"]["head_on"], drawn[0.0]["images"]["head_off"], atol=1e-6)
     rms = {s: d["sums"]["d2"] ** 0.5 for s, d in drawn.items()}  # the same draw, scaled
     assert rms[0.0] == 0 and rms[1.0] > 0 and abs(rms[1.0] / rms[0.5] - 2) < 1e-4
-    for s, d in drawn.items():  # the split adds up to the draw
+    for d in drawn.values():  # the split adds up to the draw
         assert sum(d["sums"][k] for k in diagnose_head.SPLIT) == pytest.approx(d["sums"]["d2"], rel=1e-5, abs=1e-12)
     for bad in (-1, float("inf")):
         with pytest.raises(ValueError, match="head_scale"):
@@ -233,8 +235,12 @@ def test_head_table_splits_fd_and_the_draw():
                 assert 0 <= cells[column]["fd_mean"] <= cells[column]["fd"] + 1e-3
         split = sum(cells[f"head_split_{k}"] ** 2 for k in diagnose_head.SPLIT)
         assert split == pytest.approx(cells["head_rms"] ** 2, rel=1e-2)
+    assert set(table["real_residual_by_region"]) == set(diagnose_head.REGIONS)
+    assert "head_rms_object" not in table["regimes"]["free"]  # a drawn scene is not the held-out one
+    for regime in ("own", "true"):
+        assert min(table["regimes"][regime][f"head_rms_{k}"] for k in diagnose_head.REGIONS) > 0
     text = diagnose_head.format_table(table)
-    assert "(mean term)" in text and "the real residual's: global" in text
+    assert "(mean term)" in text and "the real residual's: global" in text and "on object cells" in text
 
 
 def test_diagnose_head_refuses_a_model_without_a_last_scale_head():

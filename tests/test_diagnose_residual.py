@@ -87,8 +87,13 @@ def test_residual_table_none_and_true_bound_the_pixel_gap():
     assert cols["true"]["latent_error"] == 0 and cols["none"]["added_rms"] == 0
     assert cols["true"]["added_rms"] == pytest.approx(table["residual_rms"], abs=1e-4)
     text = probe.format_table(json.loads(json.dumps(table, sort_keys=True)))  # as read back from a JSON file
-    assert "R^2" in text and [line.split()[0] for line in text.splitlines()[2:]] == [
+    assert "R^2" in text and [line.split()[0] for line in text.splitlines()[2:-1]] == [
         "none", "true", "noise", "same_code", "shuffled", "predicted", "for_pixels"]
+    assert text.splitlines()[-1].startswith("real images' background detail")
+    # where the residual sits, and how grainy each column's backgrounds are: the noise control adds grain
+    assert set(table["residual_rms_by_region"]) == {"object", "background"} and table["real_background_detail"] > 0
+    assert all(c["background_detail"] >= 0 for c in cols.values())
+    assert cols["noise"]["background_detail"] != cols["none"]["background_detail"]
 
 
 def test_residual_table_refuses_bad_sizes():

@@ -19,6 +19,7 @@ Images come out as `(B, 3, H, W)` float tensors in [-1, 1], or as `(B, H, W, 3)`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,6 +258,14 @@ def render(scenes: list[Scene], noise: np.ndarray, image_size: int) -> np.ndarra
             image[idx] = image[idx] * (1 - alpha) + fill * alpha
     image = image + noise
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def object_mask(scenes: list[Scene], image_size: int) -> np.ndarray:
+    """(B, H, W) bool: the pixels an object of the scene covers, anti-aliased edges included (where the scene
+    drawn without noise differs from its background alone)."""
+    quiet = np.zeros((len(scenes), image_size, image_size, 3), np.float32)
+    bare = [dataclasses.replace(s, objects=()) for s in scenes]
+    return (render(scenes, quiet, image_size) != render(bare, quiet, image_size)).any(-1)
 
 
 class ToyShapes(torch.utils.data.Dataset):
