@@ -8,10 +8,12 @@ f_hat + d instead of f_hat. This probe asks whether d helps, in three regimes of
               draws the last scale, the head its residual              the model's own last-scale token)
     true      every token is the true one; only the head draws      (a perfect transformer)
 
-and in four columns: head on (f_hat + d), head off (f_hat, the discrete path), the noise control (f_hat + n,
+and in five columns: head on (f_hat + d), head off (f_hat, the discrete path), the noise control (f_hat + n,
 n drawn per latent cell from N(0, Sigma), Sigma the covariance of real residuals: what a head that knew
-nothing but the residuals' size and channel mix would add; a head that adds detail must beat it) and, where
-the true image is known (own, true), the true residual (f, the tokenizer's continuous reconstruction).
+nothing but the residuals' size and channel mix would add; a head that adds detail must beat it), the pixel
+noise control (the head-off image plus the data's own per-pixel noise, i.i.d. N(0, 0.01^2) in [0, 1] units:
+grain, which no latent carries and the judge's features read) and, where the true image is known (own, true),
+the true residual (f, the tokenizer's continuous reconstruction).
 Per cell: FD, prompt accuracy, texture accuracy, the high-frequency energy ratio against real images, and for
 the head the size of what it adds, against the real residual:
 
@@ -52,11 +54,12 @@ from hart_mini.measure.evaluate import (
 )
 from hart_mini.measure.metrics import frechet_mean_term, high_frequency_ratio
 from hart_mini.measure.regions import held_out_regions, region_sums
+from hart_mini.model.data import _NOISE_STD as PIXEL_NOISE_STD  # the data's per-pixel noise, in [0, 1] units
 
 REGIONS = ("object", "background")
 
 REGIMES = ("free", "own", "true")
-COLUMNS = ("head_on", "head_off", "noise_control", "true_residual")
+COLUMNS = ("head_on", "head_off", "noise_control", "pixel_noise", "true_residual")
 
 
 def forced_count(regime: str, K: int) -> int:
@@ -119,6 +122,8 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
         images["head_off"].append(model.decode({"latent": out["f_hat"], "path": "discrete"}).cpu())
         noisy = noise_control(out["f_hat"], noise_factor, torch.Generator(device=device).manual_seed(seed + i + 1))
         images["noise_control"].append(model.decode({"latent": noisy, "path": "continuous"}).cpu())
+        grain = torch.randn(images["head_off"][-1].shape, generator=torch.Generator().manual_seed(seed + i + 3))
+        images["pixel_noise"].append((images["head_off"][-1] + PIXEL_NOISE_STD * grain).clamp(0, 1))
         if regime != "free":  # the residual the head should have drawn: f - f_hat
             residual = f - out["f_hat"]
             images["true_residual"].append(tok.decode(f, "continuous").clamp(-1, 1).add(1).div(2).cpu())

@@ -119,6 +119,11 @@ def test_diagnose_head_gives_every_regime_and_column_with_shared_tokens():
     discrete = tok.decode(tok.quantizer.quantize(tok.encode(real["image"]))[1], "discrete").clamp(-1, 1).add(1).div(2)
     assert torch.allclose(drawn["images"]["head_off"], discrete, atol=1e-5)
     assert not torch.allclose(drawn["images"]["head_on"], drawn["images"]["head_off"])
+    # the pixel noise control: the head-off image plus the data's own per-pixel noise (clipped to [0, 1])
+    grain = drawn["images"]["pixel_noise"] - drawn["images"]["head_off"]
+    inside = (drawn["images"]["pixel_noise"] > 0) & (drawn["images"]["pixel_noise"] < 1)
+    assert abs(float(grain[inside].std()) - diagnose_head.PIXEL_NOISE_STD) < 0.1 * diagnose_head.PIXEL_NOISE_STD
+    assert abs(float(grain[inside].mean())) < 0.1 * diagnose_head.PIXEL_NOISE_STD
 
 
 def test_the_noise_control_has_the_real_residuals_covariance():
@@ -169,7 +174,7 @@ def test_head_noise_adds_the_controls_mottle_to_the_head_column_alone(monkeypatc
     factor = diagnose_head.residual_stats(model, real, batch_size=3)["factor"]
     drawn = {s: diagnose_head.draw_regime(model, real, "own", 3.0, seed=0, batch_size=3, noise_factor=factor,
                                           head_noise=s) for s in (0.0, 0.5, 1.0)}
-    for column in ("head_off", "noise_control", "true_residual"):  # the other columns keep their draws
+    for column in ("head_off", "noise_control", "pixel_noise", "true_residual"):  # the other columns keep their draws
         assert torch.equal(drawn[0.5]["images"][column], drawn[0.0]["images"][column])
     assert torch.equal(drawn[0.0]["images"]["head_on"], drawn[0.0]["images"]["head_off"])  # a head adding nothing
     assert not torch.allclose(drawn[0.5]["images"]["head_on"], drawn[0.0]["images"]["head_on"])
@@ -206,7 +211,7 @@ def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeyp
     factor = diagnose_head.residual_stats(model, real, batch_size=3)["factor"]
     drawn = {s: diagnose_head.draw_regime(model, real, "own", 3.0, seed=0, batch_size=3, noise_factor=factor,
                                           head_scale=s) for s in (0.0, 0.5, 1.0)}
-    for column in ("head_off", "noise_control", "true_residual"):
+    for column in ("head_off", "noise_control", "pixel_noise", "true_residual"):
         assert torch.equal(drawn[0.5]["images"][column], drawn[1.0]["images"][column])
     assert torch.allclose(drawn[0.0]["images"]["head_on"], drawn[0.0]["images"]["head_off"], atol=1e-6)
     rms = {s: d["sums"]["d2"] ** 0.5 for s, d in drawn.items()}  # the same draw, scaled
