@@ -12,8 +12,9 @@ and in five columns: head on (f_hat + d), head off (f_hat, the discrete path), t
 n drawn per latent cell from N(0, Sigma), Sigma the covariance of real residuals: what a head that knew
 nothing but the residuals' size and channel mix would add; a head that adds detail must beat it), the pixel
 noise control (the head-off image plus the data's own per-pixel noise, i.i.d. N(0, 0.01^2) in [0, 1] units:
-grain, which no latent carries and the judge's features read) and, where the true image is known (own, true),
-the true residual (f, the tokenizer's continuous reconstruction).
+grain, which no latent carries and the judge's features read), head on plus the same grain (so that head on and
+off can be compared with the data's grain in both) and, where the true image is known (own, true), the true
+residual (f, the tokenizer's continuous reconstruction).
 Per cell: FD, prompt accuracy, texture accuracy, the high-frequency energy ratio against real images, and for
 the head the size of what it adds, against the real residual:
 
@@ -59,7 +60,7 @@ from hart_mini.model.data import _NOISE_STD as PIXEL_NOISE_STD  # the data's per
 REGIONS = ("object", "background")
 
 REGIMES = ("free", "own", "true")
-COLUMNS = ("head_on", "head_off", "noise_control", "pixel_noise", "true_residual")
+COLUMNS = ("head_on", "head_off", "noise_control", "pixel_noise", "head_on_pixel_noise", "true_residual")
 
 
 def forced_count(regime: str, K: int) -> int:
@@ -124,6 +125,7 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
         images["noise_control"].append(model.decode({"latent": noisy, "path": "continuous"}).cpu())
         grain = torch.randn(images["head_off"][-1].shape, generator=torch.Generator().manual_seed(seed + i + 3))
         images["pixel_noise"].append((images["head_off"][-1] + PIXEL_NOISE_STD * grain).clamp(0, 1))
+        images["head_on_pixel_noise"].append((images["head_on"][-1] + PIXEL_NOISE_STD * grain).clamp(0, 1))
         if regime != "free":  # the residual the head should have drawn: f - f_hat
             residual = f - out["f_hat"]
             images["true_residual"].append(tok.decode(f, "continuous").clamp(-1, 1).add(1).div(2).cpu())
@@ -250,6 +252,10 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
         # is the noise a gain must beat (the columns' own sds also hold the tokens' seed-to-seed spread).
         gain, gain_sd = seed_spread([off["fd"] - on["fd"] for on, off in zip(rows["head_on"], rows["head_off"])])
         cells["fd_gain"], cells["fd_gain_sd"] = round(gain, 4), round(gain_sd, 4)  # FD off - on: > 0 the head helps
+        # the same with the data's grain on both images: what the head adds beyond grain
+        gain, gain_sd = seed_spread([off["fd"] - on["fd"] for on, off in zip(rows["head_on_pixel_noise"],
+                                                                               rows["pixel_noise"])])
+        cells["fd_gain_with_grain"], cells["fd_gain_with_grain_sd"] = round(gain, 4), round(gain_sd, 4)
         for name, values in head.items():
             if values:
                 mean, sd = seed_spread(values)
@@ -269,7 +275,7 @@ def format_table(table: dict) -> str:
         how += f", plus {drawn['added_noise']:g} x the noise control's noise"
     lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}{how}; "
              f"real residual rms {table['real_residual_rms']:.3f}",
-             f"{'regime':<7}{'column':<15}{'FD':>14}{'(mean term)':>13}{'prompt acc':>16}{'texture':>16}"
+             f"{'regime':<7}{'column':<21}{'FD':>14}{'(mean term)':>13}{'prompt acc':>16}{'texture':>16}"
              f"{'HF ratio':>10}"]
     for regime, cells in table["regimes"].items():
         for column in COLUMNS:
@@ -277,12 +283,15 @@ def format_table(table: dict) -> str:
             if c is None:
                 continue
             mean_term = f"{c['fd_mean']:>13.3f}" if "fd_mean" in c else f"{'':>13}"  # older tables lack it
-            lines.append(f"{regime:<7}{column:<15}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}{mean_term}"
+            lines.append(f"{regime:<7}{column:<21}{c['fd']:>8.3f} ±{c['fd_sd']:.3f}{mean_term}"
                          f"{c['prompt_accuracy']:>9.3f} ±{c['prompt_accuracy_se']:.3f}"
                          f"{c['acc_texture']:>9.3f} ±{c['acc_texture_se']:.3f}{c['hf_ratio']:>10.3f}")
         extra = f"        head rms {cells['head_rms']:.3f}"
         if "fd_gain" in cells:  # tables written before the paired gain was stored lack it
             extra += f", FD gain (off - on, paired) {cells['fd_gain']:.3f} ±{cells['fd_gain_sd']:.3f}"
+        if "fd_gain_with_grain" in cells:
+            extra += (f"; with pixel noise on both {cells['fd_gain_with_grain']:.3f} "
+                      f"±{cells['fd_gain_with_grain_sd']:.3f}")
         if "head_cosine" in cells:
             extra += (f", size ratio |d|/|f - f_hat| {cells['head_size_ratio']:.2f}, "
                       f"cosine {cells['head_cosine']:.2f}")

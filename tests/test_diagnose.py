@@ -124,6 +124,9 @@ def test_diagnose_head_gives_every_regime_and_column_with_shared_tokens():
     inside = (drawn["images"]["pixel_noise"] > 0) & (drawn["images"]["pixel_noise"] < 1)
     assert abs(float(grain[inside].std()) - diagnose_head.PIXEL_NOISE_STD) < 0.1 * diagnose_head.PIXEL_NOISE_STD
     assert abs(float(grain[inside].mean())) < 0.1 * diagnose_head.PIXEL_NOISE_STD
+    both = inside & (drawn["images"]["head_on_pixel_noise"] > 0) & (drawn["images"]["head_on_pixel_noise"] < 1)
+    on_grain = drawn["images"]["head_on_pixel_noise"] - drawn["images"]["head_on"]  # the same grain on head on
+    assert torch.allclose(on_grain[both], grain[both], atol=1e-6)
 
 
 def test_the_noise_control_has_the_real_residuals_covariance():
@@ -160,6 +163,7 @@ def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch
     for cells in table["regimes"].values():
         assert cells["head_rms"] == 0 and cells["head_on"]["fd"] == cells["head_off"]["fd"] and cells["fd_gain"] == 0
         assert cells["head_on"]["fd_mean"] == cells["head_off"]["fd_mean"]
+        assert cells["head_on_pixel_noise"]["fd"] == cells["pixel_noise"]["fd"] and cells["fd_gain_with_grain"] == 0
         assert all(cells.get(f"head_rms_{k}", 0) == 0 for k in diagnose_head.REGIONS)
     assert table["regimes"]["true"]["head_cosine"] == 0
 
