@@ -8,7 +8,7 @@ f_hat + d instead of f_hat. This probe asks whether d helps, in three regimes of
               draws the last scale, the head its residual              the model's own last-scale token)
     true      every token is the true one; only the head draws      (a perfect transformer)
 
-and in five columns: head on (f_hat + d), head off (f_hat, the discrete path), the noise control (f_hat + n,
+and in six columns: head on (f_hat + d), head off (f_hat, the discrete path), the noise control (f_hat + n,
 n drawn per latent cell from N(0, Sigma), Sigma the covariance of real residuals: what a head that knew
 nothing but the residuals' size and channel mix would add; a head that adds detail must beat it), the pixel
 noise control (the head-off image plus the data's own per-pixel noise, i.i.d. N(0, 0.01^2) in [0, 1] units:
@@ -76,11 +76,13 @@ SPLIT = ("global", "coarse", "fine")
 
 
 def spatial_split(d: torch.Tensor) -> dict[str, float]:
-    """Sums of squares of d (B, C, h, w, h and w even) split by scale: global (each image's mean over the map),
-    coarse (the rest's 2x2 cell means, upsampled) and fine (what is left). The three parts are orthogonal, so
-    their sums add up to d's."""
+    """Sums of squares of d (B, C, h, w) split by scale: global (each image's mean over the map), coarse (the
+    rest's 2x2 cell means, upsampled; an odd map's last row and column in blocks of what is left) and fine (what
+    is left). The three parts are orthogonal, so their sums add up to d's."""
+    h, w = d.shape[-2:]
     overall = d.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-    coarse = F.interpolate(F.avg_pool2d(d - overall, 2), scale_factor=2, mode="nearest")  # (B, C, h, w)
+    blocks = F.avg_pool2d(d - overall, 2, ceil_mode=True)  # (B, C, ceil(h/2), ceil(w/2))
+    coarse = F.interpolate(blocks, scale_factor=2, mode="nearest")[..., :h, :w]  # (B, C, h, w)
     fine = d - overall - coarse
     parts = (overall.expand_as(d), coarse, fine)
     return {name: float(part.double().pow(2).sum()) for name, part in zip(SPLIT, parts)}

@@ -202,6 +202,8 @@ def test_spatial_split_parts_add_up_and_read_where_a_map_holds_its_energy():
     assert spatial_split(flat)["coarse"] < 1e-6 and spatial_split(flat)["fine"] < 1e-6
     blocks = torch.nn.functional.interpolate(torch.randn(8, 4, 8, 8), scale_factor=2)  # constant on 2x2 cells
     assert spatial_split(blocks)["fine"] < 1e-6 < spatial_split(blocks)["coarse"]
+    odd = torch.randn(3, 2, 7, 5)  # an odd map: its last row and column in smaller blocks, still orthogonal
+    assert sum(spatial_split(odd).values()) == pytest.approx(float(odd.pow(2).sum()), rel=1e-6)
 
 
 def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeypatch):
