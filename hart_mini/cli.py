@@ -296,9 +296,13 @@ def add_head_network_options(p) -> None:
 
 
 def add_head_temperature(p, default: str) -> None:
+    """The head sampler's knobs that training never reads: its temperature and its draw's scale."""
     p.add_argument("--head-temperature", type=temperature, default=None,
                    help=f"the head sampler's temperature: x_T ~ N(0, T^2 I), 1 = the head's own spread "
                         f"(HeadConfig.temperature; default: {default})")
+    p.add_argument("--head-draw-scale", "--head-scale", dest="head_draw_scale", type=non_negative, default=None,
+                   help=f"multiply the head's draw by this, its shape kept; 1 = as it comes "
+                        f"(HeadConfig.draw_scale; default: {default})")
 
 
 def head_network(args) -> dict:
@@ -306,7 +310,7 @@ def head_network(args) -> dict:
     guided = None if args.head_guidance is None else args.head_guidance == "on"
     return {"network": args.head_network, "width": args.head_width, "depth": args.head_depth, "guided": guided,
             "map_conv": args.head_conv, "sampling_steps": args.head_sampling_steps,
-            "temperature": args.head_temperature}
+            "temperature": args.head_temperature, "draw_scale": args.head_draw_scale}
 
 
 def cmd_train_hart(args) -> dict:
@@ -503,11 +507,12 @@ def cmd_diagnose(args) -> dict:
         from hart_mini import diagnose_head
 
         seeds = [args.seed] if args.seeds is None else args.seeds
-        knobs = {"sampling_steps": args.head_sampling_steps, "temperature": args.head_temperature}
+        knobs = {"sampling_steps": args.head_sampling_steps, "temperature": args.head_temperature,
+                 "draw_scale": args.head_draw_scale}
         model.head_cfg = dataclasses.replace(model.head_cfg, **{k: v for k, v in knobs.items() if v is not None})
         examples = {}
         table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples,
-                                         head_noise=args.head_noise, head_scale=args.head_scale)
+                                         head_noise=args.head_noise)
         return emit_diagnosis({"model": source, **table}, diagnose_head.format_table(table),
                               lambda real: diagnose_head.figure(examples, real), data, args)
     result = {"model": source, "cfg": args.cfg, "seed": args.seed,
@@ -897,9 +902,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head: add this many times the noise control's noise (drawn per latent cell with the real "
                         "residuals' covariance) to the head's draw; a probe of a head that draws the structure and "
                         "leaves the mottle to noise (default: 0)")
-    p.add_argument("--head-scale", type=non_negative, default=1.0,
-                   help="head: multiply the head's draw by this (before --head-noise); a probe of what the draw's "
-                        "size does with its shape kept (default: 1)")
     p.add_argument("--pool", type=count(1), default=10_000,
                    help="residual: training images whose residuals the same-code draws and the predictors use")
     p.add_argument("--patch", type=odd, default=5, help="residual: the neighbourhood (k x k cells) of the prediction")

@@ -13,6 +13,7 @@ Notebooks and the CLI read the default preset from the environment variable `HAR
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -248,6 +249,11 @@ class HeadConfig:
     # The head sampler's temperature (MAR's): its start x_T ~ N(0, temperature^2 I); 1 = the model's own spread,
     # below 1 draws nearer the head's most likely residual. HART's code samples at 1.
     temperature: float = 1.0
+    # The head's draw is multiplied by this at sampling (training never reads it): a calibration of its size.
+    # A head trained half on drawn tokens learns to redraw wrong ones, and draws residuals larger than the real
+    # ones (the true token's); scaling the draw keeps its shape (where and which way it adds detail), while a
+    # lower temperature pulls every draw toward the head's mean and loses the detail (notebook 07, section 5).
+    draw_scale: float = 1.0
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -288,6 +294,9 @@ class HeadConfig:
         require(isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
                 and self.temperature >= 0, "temperature",
                 self.temperature, "a number >= 0 (1 = the model's own spread)")
+        require(isinstance(self.draw_scale, (int, float)) and not isinstance(self.draw_scale, bool)
+                and 0 <= self.draw_scale < math.inf, "draw_scale", self.draw_scale,
+                "a finite number >= 0 (1 = the head's draw as it comes)")
 
     def for_mode(self, mode: str) -> HeadConfig:
         """This head with another mode (the ablations' variants), the fields that mode cannot use set back to

@@ -90,7 +90,7 @@ def spatial_split(d: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, batch_size: int = 100,
-                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0, head_scale: float = 1.0,
+                noise_factor: torch.Tensor | None = None, head_noise: float = 0.0,
                 regions: dict | None = None) -> dict:
     """Images (N, 3, H, W) in [0, 1] of every column of one regime, for the held-out captions of `real`,
     batch i drawn with seed `seed + i`; and the head's residual statistics (sums over every latent entry).
@@ -98,8 +98,8 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
     control's n = L g, g ~ N(0, I) per latent cell (its own generator, so the model's draws are unchanged).
     head_noise: s >= 0; the head-on column becomes f_hat + d + s n', n' a second draw of the noise control's noise
     (a probe: a head that draws the residual's structure, plus the cell-by-cell mottle it leaves out).
-    head_scale: s >= 0; the head's draw d becomes s d (before head_noise): a probe of what the draw's size does,
-    its shape kept. regions: held_out_regions of `real`, to sum d's squares over object and background cells
+    The head's draw comes at the model's HeadConfig.draw_scale (set it to probe what the draw's size does).
+    regions: held_out_regions of `real`, to sum d's squares over object and background cells
     (own and true regimes, where the scene is the real one)."""
     tok, K = model.tokenizer, model.K
     device = next(model.parameters()).device
@@ -115,8 +115,6 @@ def draw_regime(model, real: dict, regime: str, cfg_scale: float, seed: int, bat
         truth = tok.tokenize(x).indices
         out = model.sample_latent(captions, cfg_scale=cfg_scale, seed=seed + i,
                                   forced=truth[:forced_count(regime, K)])
-        if head_scale != 1:
-            out["latent"] = out["f_hat"] + head_scale * (out["latent"] - out["f_hat"])
         if head_noise > 0:  # its own generator again: the head's and the noise control's draws stay as they were
             mottle = torch.Generator(device=device).manual_seed(seed + i + 2)
             out["latent"] = noise_control(out["latent"], head_noise * noise_factor, mottle)
@@ -187,21 +185,20 @@ def noise_control(f_hat: torch.Tensor, factor: torch.Tensor, generator: torch.Ge
 
 def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] = (0, 1000, 2000),
                cfg_scale: float = 3.0, batch_size: int = 100, examples: dict | None = None,
-               head_noise: float = 0.0, head_scale: float = 1.0) -> dict:
+               head_noise: float = 0.0) -> dict:
     """The whole table: {regime: {column: metrics}} with FD (sd over seeds), prompt and texture accuracy
     (binomial SE), high-frequency ratio; per regime the head's rms, size ratio and cosine (mean and sd over
     seeds); and the real residual's rms. One forward pass per (regime, seed) serves every column.
     examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`.
     head_noise: s, the head-on column adds s times the noise control's noise to the head's draw (draw_regime).
-    head_scale: s, the head's draw is multiplied by s (draw_regime)."""
+    The head samples with the model's HeadConfig (steps, temperature, draw_scale), recorded in head_sampling."""
     if model.mode != "last":
         raise ValueError(f"head mode {model.mode!r}: diagnose head needs a HART whose head draws the last "
                          "scale's residual (mode 'last')")
     if n < 2:
         raise ValueError(f"n={n} is invalid: FD needs at least 2 samples")
-    for name, value in (("head_noise", head_noise), ("head_scale", head_scale)):
-        if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
-            raise ValueError(f"{name}={value} is invalid: expected a finite number >= 0")
+    if not (isinstance(head_noise, (int, float)) and 0 <= head_noise < math.inf):
+        raise ValueError(f"head_noise={head_noise} is invalid: expected a finite number >= 0")
     real = held_out(data_config, n)
     counts = attribute_counts(real["caption"])
     regions = held_out_regions(data_config, n, model.scales[-1])
@@ -210,7 +207,7 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
                    "head_sampling": {"steps": model.head_cfg.sampling_steps,
                                      "temperature": model.head_cfg.temperature, "added_noise": head_noise,
-                                     "scale": head_scale},
+                                     "scale": model.head_cfg.draw_scale},
                    "real_residual_rms": round(stats["rms"], 4),
                    "real_residual_split": {k: round(v, 4) for k, v in stats["split"].items()},
                    "real_residual_by_region": {k: round(v, 4) for k, v in stats["by_region"].items()}, "regimes": {}}
@@ -221,7 +218,7 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                 **{f"rms_{name}": [] for name in REGIONS}}
         for seed in seeds:
             drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"], head_noise,
-                                head_scale, regions)
+                                regions)
             for column, images in drawn["images"].items():
                 if examples is not None and seed == seeds[0]:
                     examples[f"{regime}: {column.replace('_', ' ')}"] = images[:8]

@@ -206,7 +206,9 @@ def test_spatial_split_parts_add_up_and_read_where_a_map_holds_its_energy():
     assert sum(spatial_split(odd).values()) == pytest.approx(float(odd.pow(2).sum()), rel=1e-6)
 
 
-def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeypatch):
+def test_draw_scale_multiplies_the_head_draw_and_keeps_the_other_columns():
+    import dataclasses
+
     from hart_mini import diagnose_head
 
     model = _model()
@@ -215,8 +217,10 @@ def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeyp
             p.normal_(0, 0.1)
     real = diagnose_head.held_out(PRESET.data, 6)
     factor = diagnose_head.residual_stats(model, real, batch_size=3)["factor"]
-    drawn = {s: diagnose_head.draw_regime(model, real, "own", 3.0, seed=0, batch_size=3, noise_factor=factor,
-                                          head_scale=s) for s in (0.0, 0.5, 1.0)}
+    drawn = {}
+    for s in (0.0, 0.5, 1.0):
+        model.head_cfg = dataclasses.replace(model.head_cfg, draw_scale=s)
+        drawn[s] = diagnose_head.draw_regime(model, real, "own", 3.0, seed=0, batch_size=3, noise_factor=factor)
     for column in ("head_off", "noise_control", "pixel_noise", "true_residual"):
         assert torch.equal(drawn[0.5]["images"][column], drawn[1.0]["images"][column])
     assert torch.allclose(drawn[0.0]["images"]["head_on"], drawn[0.0]["images"]["head_off"], atol=1e-6)
@@ -225,8 +229,8 @@ def test_head_scale_multiplies_the_head_draw_and_keeps_the_other_columns(monkeyp
     for d in drawn.values():  # the split adds up to the draw
         assert sum(d["sums"][k] for k in diagnose_head.SPLIT) == pytest.approx(d["sums"]["d2"], rel=1e-5, abs=1e-12)
     for bad in (-1, float("inf")):
-        with pytest.raises(ValueError, match="head_scale"):
-            diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), head_scale=bad)
+        with pytest.raises(ValueError, match="head_noise"):
+            diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), head_noise=bad)
 
 
 def test_head_table_splits_fd_and_the_draw():

@@ -366,6 +366,28 @@ def test_the_head_temperature_scales_its_start_noise_and_zero_draws_the_same_res
     assert not torch.allclose(residual(1, 1.0), residual(1, 0.5))
 
 
+@pytest.mark.parametrize("network", ["mlp", "map"])
+def test_the_draw_scale_multiplies_the_heads_draw_and_changes_nothing_else(network):
+    model = _model("last", network=network).eval()
+    with torch.no_grad():  # make the head's output depend on its inputs
+        for p in model.head.parameters():
+            p.normal_(0, 0.1)
+    prompts = ["a large red striped circle at the top left", "a small blue square"]
+
+    def draw(scale):
+        model.head_cfg = dataclasses.replace(model.head_cfg, draw_scale=scale)
+        return model.sample_latent(prompts, seed=1)
+
+    full, half, none = draw(1.0), draw(0.5), draw(0.0)
+    for out in (half, none):  # the same tokens: the scale is applied after every draw
+        assert all(torch.equal(a, b) for a, b in zip(out["indices"], full["indices"]))
+        assert torch.equal(out["f_hat"], full["f_hat"])
+    d = full["latent"] - full["f_hat"]
+    assert d.abs().max() > 0
+    assert torch.allclose(half["latent"] - half["f_hat"], 0.5 * d, atol=1e-6)
+    assert torch.equal(none["latent"], none["f_hat"])
+
+
 def test_train_head_gives_a_trained_hart_a_fresh_head_and_keeps_its_transformer(tmp_path):
     from hart_mini.train import train_head
 

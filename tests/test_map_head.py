@@ -115,6 +115,9 @@ def test_the_config_keeps_the_map_head_to_the_last_scale_and_whole_maps():
     for bad in (-0.1, True, "1"):
         with pytest.raises(ValueError, match="temperature"):
             HeadConfig(temperature=bad)
+    for bad in (-0.1, True, "1", float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="draw_scale"):
+            HeadConfig(draw_scale=bad)
     head = HeadConfig(network="map", map_conv="depthwise", guided=False)
     assert head.for_mode("full").network == "mlp" and head.for_mode("full").map_conv == "full"
     assert head.for_mode("last") == head
@@ -155,7 +158,7 @@ def test_hart_samples_with_a_map_head_guided_or_once(guided):
 
 @pytest.mark.parametrize("conv", ["full", "depthwise"])
 def test_a_map_head_round_trips_through_a_file(tmp_path, conv):
-    model = _model(network="map", stage_steps=2, map_conv=conv, temperature=0.7)
+    model = _model(network="map", stage_steps=2, map_conv=conv, temperature=0.7, draw_scale=0.8)
     model.reset_head()
     _randomised(model.head)
     tok = tmp_path / "tokenizer.safetensors"

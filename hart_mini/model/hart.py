@@ -378,7 +378,8 @@ class HART(nn.Module):
 
         x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
                               self.head_cfg.sampler, generator, z.device, temperature=self.head_cfg.temperature)
-        return x0.view(B, n, C) * self.residual_scale  # the head works on residuals / residual_scale
+        # the head works on residuals / residual_scale; draw_scale calibrates the draw's size (HeadConfig)
+        return x0.view(B, n, C) * (self.residual_scale * self.head_cfg.draw_scale)
 
     def _sampling_inputs(self, prompts, cfg_scale, top_k, top_p, sampling_steps, forced) -> tuple[int, list]:
         """Check every knob; returns the head's step count and the forced token maps (a list)."""
