@@ -347,13 +347,22 @@ def test_a_head_that_reads_nothing_samples_once_unguided():
     assert out["path"] == "continuous" and not torch.equal(out["latent"], out["f_hat"])
 
 
-@pytest.mark.parametrize("network", ["mlp", "map"])
-def test_the_head_temperature_scales_its_start_noise_and_zero_draws_the_same_residual_for_every_seed(network):
+HEAD_PROMPTS = ["a large red striped circle at the top left", "a small blue square"]
+
+
+def _model_whose_head_reads_its_inputs(network: str) -> HART:
+    """A HART with a last-scale head of `network` whose random weights make its output depend on its inputs
+    (a fresh head's output layer is zero)."""
     model = _model("last", network=network).eval()
-    with torch.no_grad():  # make the head's output depend on its inputs
+    with torch.no_grad():
         for p in model.head.parameters():
             p.normal_(0, 0.1)
-    prompts = ["a large red striped circle at the top left", "a small blue square"]
+    return model
+
+
+@pytest.mark.parametrize("network", ["mlp", "map"])
+def test_the_head_temperature_scales_its_start_noise_and_zero_draws_the_same_residual_for_every_seed(network):
+    model, prompts = _model_whose_head_reads_its_inputs(network), HEAD_PROMPTS
     forced = model.sample_latent(prompts, seed=0)["indices"]  # every scale's tokens given: only the head draws
 
     def residual(seed, temperature):
@@ -368,11 +377,7 @@ def test_the_head_temperature_scales_its_start_noise_and_zero_draws_the_same_res
 
 @pytest.mark.parametrize("network", ["mlp", "map"])
 def test_the_draw_scale_multiplies_the_heads_draw_and_changes_nothing_else(network):
-    model = _model("last", network=network).eval()
-    with torch.no_grad():  # make the head's output depend on its inputs
-        for p in model.head.parameters():
-            p.normal_(0, 0.1)
-    prompts = ["a large red striped circle at the top left", "a small blue square"]
+    model, prompts = _model_whose_head_reads_its_inputs(network), HEAD_PROMPTS
 
     def draw(scale):
         model.head_cfg = dataclasses.replace(model.head_cfg, draw_scale=scale)
