@@ -292,10 +292,10 @@ def add_head_network_options(p) -> None:
                         "multiplies, about the MLP head's cost) (HeadConfig.map_conv; default: the preset's)")
     p.add_argument("--head-sampling-steps", type=count(1), default=None,
                    help="the head's sampling steps (HeadConfig.sampling_steps; default: the preset's)")
-    add_head_temperature(p, "the preset's")
+    add_head_sampler_options(p, "the preset's")
 
 
-def add_head_temperature(p, default: str) -> None:
+def add_head_sampler_options(p, default: str) -> None:
     """The head sampler's knobs that training never reads: its temperature and its draw's scale."""
     p.add_argument("--head-temperature", type=temperature, default=None,
                    help=f"the head sampler's temperature: x_T ~ N(0, T^2 I), 1 = the head's own spread "
@@ -897,7 +897,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head: sampling seeds, FD's sd over them (default: --seed only)")
     p.add_argument("--head-sampling-steps", type=count(1), default=None,
                    help="head: the head's sampling steps (default: the model's)")
-    add_head_temperature(p, "the model's")
+    add_head_sampler_options(p, "the model's")
     p.add_argument("--head-noise", type=non_negative, default=0.0,
                    help="head: add this many times the noise control's noise (drawn per latent cell with the real "
                         "residuals' covariance) to the head's draw; a probe of a head that draws the structure and "

@@ -249,12 +249,12 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                 cells[column]["fd_seeds"] = [round(r["fd"], 4) for r in per_seed]
         # Head on and off share their tokens seed by seed, so their FD difference is paired: its sd over seeds
         # is the noise a gain must beat (the columns' own sds also hold the tokens' seed-to-seed spread).
-        gain, gain_sd = seed_spread([off["fd"] - on["fd"] for on, off in zip(rows["head_on"], rows["head_off"])])
-        cells["fd_gain"], cells["fd_gain_sd"] = round(gain, 4), round(gain_sd, 4)  # FD off - on: > 0 the head helps
-        # the same with the data's grain on both images: what the head adds beyond grain
-        gain, gain_sd = seed_spread([off["fd"] - on["fd"] for on, off in zip(rows["head_on_pixel_noise"],
-                                                                               rows["pixel_noise"])])
-        cells["fd_gain_with_grain"], cells["fd_gain_with_grain_sd"] = round(gain, 4), round(gain_sd, 4)
+        # FD off - on (> 0: the head helps), plain and with the data's grain on both images (what the head adds
+        # beyond grain)
+        for name, on, off in (("fd_gain", "head_on", "head_off"),
+                              ("fd_gain_with_grain", "head_on_pixel_noise", "pixel_noise")):
+            gain, gain_sd = seed_spread([b["fd"] - a["fd"] for a, b in zip(rows[on], rows[off])])
+            cells[name], cells[f"{name}_sd"] = round(gain, 4), round(gain_sd, 4)
         for name, values in head.items():
             if values:
                 mean, sd = seed_spread(values)

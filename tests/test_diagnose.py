@@ -228,9 +228,14 @@ def test_draw_scale_multiplies_the_head_draw_and_keeps_the_other_columns():
     assert rms[0.0] == 0 and rms[1.0] > 0 and abs(rms[1.0] / rms[0.5] - 2) < 1e-4
     for d in drawn.values():  # the split adds up to the draw
         assert sum(d["sums"][k] for k in diagnose_head.SPLIT) == pytest.approx(d["sums"]["d2"], rel=1e-5, abs=1e-12)
+
+
+def test_head_table_refuses_a_negative_or_infinite_head_noise():
+    from hart_mini import diagnose_head
+
     for bad in (-1, float("inf")):
         with pytest.raises(ValueError, match="head_noise"):
-            diagnose_head.head_table(model, _judge(), PRESET.data, n=4, seeds=(0,), head_noise=bad)
+            diagnose_head.head_table(_model(), _judge(), PRESET.data, n=4, seeds=(0,), head_noise=bad)
 
 
 def test_head_table_splits_fd_and_the_draw():
