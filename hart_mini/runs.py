@@ -39,7 +39,8 @@ RUN_FILE = "run.json"
 KINDS = ("tokenizer", "hart", "diffusion", "judge")
 CHECKPOINTS = {  # the training state each kind keeps, relative to its run folder
     "tokenizer": ("stage_a/checkpoint.safetensors", "stage_b/checkpoint.safetensors"),
-    "hart": ("checkpoint.safetensors",), "diffusion": ("checkpoint.safetensors",),
+    "hart": ("checkpoint.safetensors", "layout_stage/checkpoint.safetensors", "head_stage/checkpoint.safetensors"),
+    "diffusion": ("checkpoint.safetensors",),
     "judge": ("checkpoint.safetensors",),
 }
 # What a checkpoint's metadata 'kind' says about the run it belongs to.

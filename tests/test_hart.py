@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from hart_mini import checkpoint
+from hart_mini import checkpoint, runs
 from hart_mini.cli import main
 from hart_mini.config import get_preset
 from hart_mini.model import sampling_variants as variants
@@ -244,6 +244,7 @@ def test_the_layout_stage_runs_first_and_resumes_exactly(tmp_path):
     assert "layout_stage" not in plain and not torch.equal(a["transformer.head.weight"], b["transformer.head.weight"])
     cut = train_hart(preset, tmp_path / "pieces", tok, RunOptions(max_minutes=0))  # stops inside the layout stage
     assert cut["finished"] is False and cut["layout_stage"]["step"] == 1 and cut["step"] == 0
+    runs.check_resumable(tmp_path / "pieces", "hart")  # what `train hart --resume` asks first: its stage counts
     train_hart(preset, tmp_path / "pieces", tok, RunOptions(resume=True))
     c, _ = checkpoint.load(tmp_path / "pieces" / "hart.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a), "the resumed run differs from the uninterrupted one"
