@@ -51,6 +51,7 @@ from hart_mini.arguments import (
     temperature,
 )
 from hart_mini.config import (
+    DECODER_FIELDS,
     HEAD_CONDITIONS,
     HEAD_MODES,
     HEAD_NETWORKS,
@@ -246,7 +247,11 @@ def resolve(kind: str, ckpt: Path | None, preset: str | None, device: str):
 def cmd_train_tokenizer(args) -> dict:
     from hart_mini.train import train_tokenizer
 
-    result = train_tokenizer(get_preset(args.preset), args.out, run_options(args, "tokenizer"), command_line())
+    preset = get_preset(args.preset)
+    if args.decoder_field is not None:
+        preset = dataclasses.replace(preset, tokenizer=dataclasses.replace(preset.tokenizer,
+                                                                          decoder_field=args.decoder_field))
+    result = train_tokenizer(preset, args.out, run_options(args, "tokenizer"), command_line())
     return emit({"preset": args.preset, "out": str(args.out), **result})
 
 
@@ -762,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="action", required=True)
     p = training(train, "tokenizer", "train the hybrid tokenizer: stage (a) autoencoder + VQ, (b) decoder",
                  cmd_train_tokenizer, on_tokenizer=False)
+    p.add_argument("--decoder-field", choices=DECODER_FIELDS, default=None,
+                   help="what a decoded pixel sees: wide (the whole latent) or local (its own latent cell, as at "
+                        "high resolution) (TokenizerConfig.decoder_field; default: the preset's, wide)")
     p = training(train, "hart", "train HART's transformer and residual head on a frozen tokenizer", cmd_train_hart)
     p.add_argument("--mode", choices=HEAD_MODES, default=None,
                    help="residual head: off, last (HART, the preset default), full (MAR-style), early")

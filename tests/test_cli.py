@@ -136,6 +136,20 @@ def test_train_hart_options_reach_the_head_and_the_full_training(tmp_path, monke
     assert "never learn" in capsys.readouterr().err
 
 
+def test_train_tokenizer_decoder_field_reaches_the_tokenizer_config(tmp_path, monkeypatch):
+    import hart_mini.train
+    from hart_mini.config import get_preset
+
+    seen = []
+    monkeypatch.setattr(hart_mini.train, "train_tokenizer", lambda preset, *a, **k: seen.append(preset) or {})
+    for flags in (["--decoder-field", "local"], []):
+        assert main(["train", "tokenizer", "--preset", "smoke", "--out", str(tmp_path / "t"), *flags]) == 0
+    assert seen[0].tokenizer == dataclasses.replace(get_preset("smoke").tokenizer, decoder_field="local")
+    assert seen[1].tokenizer == get_preset("smoke").tokenizer and seen[1].tokenizer.decoder_field == "wide"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "tokenizer", "--out", "runs/x", "--decoder-field", "narrow"])
+
+
 def test_head_network_options_reach_the_head_stage_and_the_training(monkeypatch, tmp_path, capsys):
     import hart_mini.train
 

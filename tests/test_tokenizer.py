@@ -116,6 +116,34 @@ def test_separate_mode_decodes_the_discrete_path_with_its_own_decoder():
     assert not torch.allclose(model.decode(tokens.f_hat, "discrete"), model.decode(tokens.f_hat, "continuous"))
 
 
+def _pixels_one_cell_reaches(cfg, i=3, j=4):
+    """The output pixels (H, W) whose value changes when latent cell (i, j) alone changes."""
+    decoder = _model(cfg).decoder
+    f = torch.randn(1, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    g = f.clone()
+    g[0, :, i, j] += 3.0
+    with torch.no_grad():
+        return (decoder(g) - decoder(f)).abs().amax(dim=1)[0] > 0
+
+
+def test_a_local_decoder_draws_each_cell_into_its_own_patch_and_one_pixel_around_it():
+    reach = _pixels_one_cell_reaches(dataclasses.replace(SMOKE, decoder_field="local"))
+    inside = torch.zeros_like(reach)
+    inside[3 * 4 - 1:3 * 4 + 5, 4 * 4 - 1:4 * 4 + 5] = True  # the cell's 4x4 patch and a 1-pixel border
+    assert reach[3 * 4:3 * 4 + 4, 4 * 4:4 * 4 + 4].all() and not (reach & ~inside).any()
+    assert (_pixels_one_cell_reaches(SMOKE) & ~inside).sum() > 100  # the wide decoder reaches far beyond
+
+
+def test_a_local_decoder_round_trips_through_a_file(tmp_path):
+    cfg = dataclasses.replace(SMOKE, decoder_field="local")
+    model = _model(cfg)
+    checkpoint.save(tmp_path / "t.safetensors", model.state_dict(),
+                    {"kind": "tokenizer", "config": dataclasses.asdict(cfg)})
+    loaded = HybridTokenizer.from_file(tmp_path / "t.safetensors")
+    f = torch.randn(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    assert loaded.cfg.decoder_field == "local" and torch.equal(loaded.decode(f), model.decode(f))
+
+
 @pytest.mark.parametrize("bad, message", [
     (torch.zeros(2, 3, 64, 64), "images are 64x64 but this tokenizer takes 32x32"),
     (torch.zeros(2, 1, 32, 32), "must have 3 channels"),
@@ -136,6 +164,8 @@ def test_bad_config_values_name_the_field():
         TokenizerConfig(decoder_mode="both")
     with pytest.raises(ValueError, match="channels=12 is invalid: expected a multiple of 8"):
         TokenizerConfig(channels=12)
+    with pytest.raises(ValueError, match="decoder_field='narrow' is invalid: expected 'wide' or 'local'"):
+        TokenizerConfig(decoder_field="narrow")
 
 
 def _short_preset(steps_a=6, steps_b=4):

@@ -104,6 +104,25 @@ class Decoder(nn.Module):
         return self.net(f)
 
 
+class LocalDecoder(nn.Module):
+    """(B, C, h, w) -> (B, 3, 4h, 4w), each latent cell decoded into its own 4x4 patch: 1x1 convolutions on the
+    cell, a stride-4 transposed convolution that writes the patch, a 3x3 convolution that blends the patches'
+    borders. An output pixel sees one latent cell (two at a patch border), where Decoder's see the whole latent."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        c = cfg.channels
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.latent_channels, 2 * c, 1), nn.SiLU(),  # (B, 2c, h, w), every cell on its own
+            nn.Conv2d(2 * c, 2 * c, 1), nn.SiLU(), nn.Conv2d(2 * c, 2 * c, 1), nn.SiLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=4), nn.SiLU(),  # (B, c, H, W): cell (i, j) -> its 4x4 patch
+            nn.Conv2d(c, c, 1), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1),  # (B, 3, H, W)
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
 # --- the multi-scale residual quantizer ---------------------------------------------------------------
 
 
@@ -277,9 +296,10 @@ class HybridTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder, self.quantizer, self.decoder = Encoder(cfg), MultiScaleQuantizer(cfg), Decoder(cfg)
+        decoder = LocalDecoder if cfg.decoder_field == "local" else Decoder
+        self.encoder, self.quantizer, self.decoder = Encoder(cfg), MultiScaleQuantizer(cfg), decoder(cfg)
         # The 'separate' ablation: a second decoder for the discrete path, copied from `decoder` at stage (b).
-        self.decoder_discrete = Decoder(cfg) if cfg.decoder_mode == "separate" else None
+        self.decoder_discrete = decoder(cfg) if cfg.decoder_mode == "separate" else None
 
     @classmethod
     def from_file(cls, path, device: str | torch.device = "cpu") -> HybridTokenizer:
