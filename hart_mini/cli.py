@@ -768,8 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = training(train, "tokenizer", "train the hybrid tokenizer: stage (a) autoencoder + VQ, (b) decoder",
                  cmd_train_tokenizer, on_tokenizer=False)
     p.add_argument("--decoder-field", choices=DECODER_FIELDS, default=None,
-                   help="what a decoded pixel sees: wide (the whole latent) or local (its own latent cell, as at "
-                        "high resolution) (TokenizerConfig.decoder_field; default: the preset's, wide)")
+                   help="what a decoded pixel sees: wide (the whole latent), near (its latent cell and the 8 around "
+                        "it) or local (its own cell, as at high resolution) (TokenizerConfig.decoder_field; default: "
+                        "the preset's, wide)")
     p = training(train, "hart", "train HART's transformer and residual head on a frozen tokenizer", cmd_train_hart)
     p.add_argument("--mode", choices=HEAD_MODES, default=None,
                    help="residual head: off, last (HART, the preset default), full (MAR-style), early")

@@ -52,7 +52,7 @@ SCALES_32 = (1, 2, 3, 4, 6, 8)  # 8x8 latent at 32 px: L = 130 tokens
 SCALES_64 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's 256-px schedule, 16x16 latent at 64 px: L = 680
 
 
-DECODER_FIELDS = ("wide", "local")
+DECODER_FIELDS = ("wide", "near", "local")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ class TokenizerConfig:
     # What one output pixel of the decoder sees. wide: the encoder mirrored, whose 3x3 convolutions reach about
     # 13 latent cells, the whole 8x8 latent of a 32-px image. local: each latent cell decodes its own 4x4 patch
     # (1x1 convolutions, then a 3x3 one at the pixels), as a decoder at 1 024 px sees a small part of its image.
-    # Measured in notebook 07, section 5: with a local decoder the residual holds detail the tokens determine.
+    # near: the same, but its first convolution reads the cell and its 8 neighbours (3x3 cells).
+    # Measured in notebook 07, section 5: the less the decoder sees, the more the residual holds detail that the
+    # tokens around it determine, and the worse the discrete path alone draws.
     decoder_field: str = "wide"
 
     @property
@@ -113,7 +115,7 @@ class TokenizerConfig:
         require(self.decoder_mode in ("alternating", "separate", "continuous"), "decoder_mode", self.decoder_mode,
                 "'alternating', 'separate' or 'continuous'")
         require(0.0 <= self.p_discrete <= 1.0, "p_discrete", self.p_discrete, "a number in [0, 1]")
-        require(self.decoder_field in DECODER_FIELDS, "decoder_field", self.decoder_field, "'wide' or 'local'")
+        require(self.decoder_field in DECODER_FIELDS, "decoder_field", self.decoder_field, "'wide', 'near' or 'local'")
 
 
 TEXT_POSITIONS = ("learned", "counted", "segments", "phrases")

@@ -126,22 +126,27 @@ def _pixels_one_cell_reaches(cfg, i=3, j=4):
         return (decoder(g) - decoder(f)).abs().amax(dim=1)[0] > 0
 
 
-def test_a_local_decoder_draws_each_cell_into_its_own_patch_and_one_pixel_around_it():
-    reach = _pixels_one_cell_reaches(dataclasses.replace(SMOKE, decoder_field="local"))
+@pytest.mark.parametrize("field, cells", [("local", 0), ("near", 1)])
+def test_a_local_decoder_draws_each_cell_into_the_patches_it_reaches_and_one_pixel_around_them(field, cells):
+    """local: cell (3, 4) changes its own 4x4 patch; near: the patches of the 3x3 cells around it. Plus the
+    1-pixel border of the last 3x3 convolution, and nothing else."""
+    reach = _pixels_one_cell_reaches(dataclasses.replace(SMOKE, decoder_field=field))
+    top, bottom, left, right = 4 * (3 - cells), 4 * (4 + cells), 4 * (4 - cells), 4 * (5 + cells)
     inside = torch.zeros_like(reach)
-    inside[3 * 4 - 1:3 * 4 + 5, 4 * 4 - 1:4 * 4 + 5] = True  # the cell's 4x4 patch and a 1-pixel border
-    assert reach[3 * 4:3 * 4 + 4, 4 * 4:4 * 4 + 4].all() and not (reach & ~inside).any()
+    inside[top - 1:bottom + 1, left - 1:right + 1] = True
+    assert reach[top:bottom, left:right].all() and not (reach & ~inside).any()
     assert (_pixels_one_cell_reaches(SMOKE) & ~inside).sum() > 100  # the wide decoder reaches far beyond
 
 
-def test_a_local_decoder_round_trips_through_a_file(tmp_path):
-    cfg = dataclasses.replace(SMOKE, decoder_field="local")
+@pytest.mark.parametrize("field", ["local", "near"])
+def test_a_local_decoder_round_trips_through_a_file(tmp_path, field):
+    cfg = dataclasses.replace(SMOKE, decoder_field=field)
     model = _model(cfg)
     checkpoint.save(tmp_path / "t.safetensors", model.state_dict(),
                     {"kind": "tokenizer", "config": dataclasses.asdict(cfg)})
     loaded = HybridTokenizer.from_file(tmp_path / "t.safetensors")
     f = torch.randn(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
-    assert loaded.cfg.decoder_field == "local" and torch.equal(loaded.decode(f), model.decode(f))
+    assert loaded.cfg.decoder_field == field and torch.equal(loaded.decode(f), model.decode(f))
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -164,7 +169,7 @@ def test_bad_config_values_name_the_field():
         TokenizerConfig(decoder_mode="both")
     with pytest.raises(ValueError, match="channels=12 is invalid: expected a multiple of 8"):
         TokenizerConfig(channels=12)
-    with pytest.raises(ValueError, match="decoder_field='narrow' is invalid: expected 'wide' or 'local'"):
+    with pytest.raises(ValueError, match="decoder_field='narrow' is invalid: expected 'wide', 'near' or 'local'"):
         TokenizerConfig(decoder_field="narrow")
 
 

@@ -105,16 +105,17 @@ class Decoder(nn.Module):
 
 
 class LocalDecoder(nn.Module):
-    """(B, C, h, w) -> (B, 3, 4h, 4w), each latent cell decoded into its own 4x4 patch: 1x1 convolutions on the
-    cell, a stride-4 transposed convolution that writes the patch, a 3x3 convolution that blends the patches'
-    borders. An output pixel sees one latent cell (two at a patch border), where Decoder's see the whole latent."""
+    """(B, C, h, w) -> (B, 3, 4h, 4w), each latent cell decoded into its own 4x4 patch: a first convolution that
+    reads the cell (decoder_field "local": 1x1) or the cell and its 8 neighbours ("near": 3x3), 1x1 convolutions,
+    a stride-4 transposed convolution that writes the patch, a 3x3 convolution that blends the patches' borders.
+    An output pixel sees one latent cell (local) or 3x3 of them (near), where Decoder's see the whole latent."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        c = cfg.channels
+        c, k = cfg.channels, 3 if cfg.decoder_field == "near" else 1
         self.net = nn.Sequential(
-            nn.Conv2d(cfg.latent_channels, 2 * c, 1), nn.SiLU(),  # (B, 2c, h, w), every cell on its own
-            nn.Conv2d(2 * c, 2 * c, 1), nn.SiLU(), nn.Conv2d(2 * c, 2 * c, 1), nn.SiLU(),
+            nn.Conv2d(cfg.latent_channels, 2 * c, k, padding=k // 2), nn.SiLU(),  # (B, 2c, h, w)
+            nn.Conv2d(2 * c, 2 * c, 1), nn.SiLU(), nn.Conv2d(2 * c, 2 * c, 1), nn.SiLU(),  # every cell on its own
             nn.ConvTranspose2d(2 * c, c, 4, stride=4), nn.SiLU(),  # (B, c, H, W): cell (i, j) -> its 4x4 patch
             nn.Conv2d(c, c, 1), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1),  # (B, 3, H, W)
         )
@@ -296,7 +297,7 @@ class HybridTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
-        decoder = LocalDecoder if cfg.decoder_field == "local" else Decoder
+        decoder = Decoder if cfg.decoder_field == "wide" else LocalDecoder
         self.encoder, self.quantizer, self.decoder = Encoder(cfg), MultiScaleQuantizer(cfg), decoder(cfg)
         # The 'separate' ablation: a second decoder for the discrete path, copied from `decoder` at stage (b).
         self.decoder_discrete = decoder(cfg) if cfg.decoder_mode == "separate" else None
