@@ -241,9 +241,10 @@ class HeadConfig:
     # stage's. Measured in notebook 07, section 5.
     stage_steps: int = 0
     # What the head reads. hidden+token: HART's z = norm(h + word_embed(e(r_K))). none: nothing (its
-    # condition input is zero and frozen), so it draws from the distribution of the residuals alone. On the cpu
-    # models, with true tokens, every condition made the head's draws worse than none while its loss fell
-    # (notebook 07, section 5): the residual there is mostly unpredictable texture.
+    # condition input is zero and frozen), so it draws from the distribution of the residuals alone. Behind the
+    # whole-latent decoder (decoder_field "wide") every condition made the head's draws worse than none, the
+    # residual there being texture the context does not determine; behind the "near" decoder HART's condition
+    # gains in every regime and the blind head adds nothing (notebook 07, section 5).
     condition: str = "hidden+token"
     # The head that samples: mlp denoises one token at a time (MAR's and HART's MLP, model/diffusion.py); map
     # denoises the last scale's whole token map of an image at once, 3x3 convolutions between neighbouring
@@ -419,7 +420,11 @@ def _build(name: str) -> Preset:
     if name == "cpu":  # a laptop: each stage within minutes on 2 cores
         return Preset(
             name, data=DataConfig(image_size=32, train_size=50_000),
-            tokenizer=TokenizerConfig(channels=64, latent_channels=16, codebook_size=512),
+            # A decoder whose pixels see their latent cell and the 8 around it (decoder_field "near"), as a pixel of
+            # HART's 1024-px decoder sees a small part of its latent: behind the whole-latent decoder ("wide") the
+            # residual was texture no head could predict; behind this one it holds detail the context determines,
+            # and the head draws it (issue 20, notebook 07, section 5)
+            tokenizer=TokenizerConfig(channels=64, latent_channels=16, codebook_size=512, decoder_field="near"),
             tokenizer_train=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=200),
             decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
             # A caption encoder that reads word order (issue 21, notebook 09, section 7): each word plus the mean
@@ -428,13 +433,12 @@ def _build(name: str) -> Preset:
             # stage, shapes and FD improve too: notebook 09, section 7)
             transformer=TransformerConfig(width=128, depth=4, num_heads=4, text_depth=0, text_position="phrases",
                                           adaln_gate=1.0, layout_steps=2000, layout_scales=4),
-            # The head that samples: trained 300 steps alone after the transformer, on the true last-scale
-            # tokens, reading nothing; 16 unguided DDIM steps (8 draw residuals 24 % too small), as many MLP
-            # passes as HART's 8 guided ones (notebook 07, section 5). The transformer trains on CE alone
-            # (loss_weight 0): without HART's joint head term a step is a fifth cheaper, and the 3 400 steps that
-            # fit the time of 2 800 joint ones help more than the term does (notebook 09, section 7)
-            head=HeadConfig(condition="none", true_token_share=1.0, stage_steps=300, sampling_steps=16,
-                            loss_weight=0.0),
+            # The head that samples: HART's (it reads z = norm(h + word_embed(e(r_K))), 8 guided DDIM steps),
+            # trained 300 steps alone after the transformer, on the true last-scale tokens (notebook 07, section 5;
+            # 16 steps drew the same images). The transformer trains on CE alone (loss_weight 0): without HART's
+            # joint head term a step is a fifth cheaper, and the 3 400 steps that fit the time of 2 800 joint ones
+            # help more than the term does (notebook 09, section 7)
+            head=HeadConfig(true_token_share=1.0, stage_steps=300, sampling_steps=8, loss_weight=0.0),
             # Half the training images hold two objects (the data's own mix, which every evaluation keeps, is 35 %):
             # a two-object scene's last scale must bind each shape to its object, and learns it from these scenes
             # alone (notebook 09, section 7)

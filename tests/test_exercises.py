@@ -1326,8 +1326,8 @@ def test_notebook_exercises_match_the_course_answer_key():
 
 
 def test_a_loop_without_head_guidance_fails_against_a_head_that_reads_its_condition():
-    # The shipped cpu head reads nothing, so guiding it changes nothing (both halves draw alike) and the
-    # notebooks' check cannot see that mistake; against HART's head, which reads z, it must fail.
+    # Against a head that reads nothing (the cpu head shipped until 2026-12-07) guiding changes nothing, both
+    # halves drawing alike, so a check cannot see that mistake; against HART's head, which reads z, it must fail.
     from hart_mini import pretrained
 
     hart = pretrained.load("hart", "cpu")  # its own copy: _shipped() is shared

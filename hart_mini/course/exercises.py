@@ -83,10 +83,10 @@ def loss_setting(model, head: bool):
         m.head_cfg = dataclasses.replace(m.head_cfg, loss_weight=0.5)
     map_head = m.head_cfg.network == "map"
     if head and m.head_cfg.mode == "last" and (map_head or not m.head.cond_embed.weight.requires_grad):
-        # The shipped cpu head reads nothing (its weights on z are zero and frozen), or denoises whole maps
-        # (HeadConfig.network 'map', one noise level per image) while the loss a student writes is HART's, per
-        # token: give the copy HART's recipe and MLP, with small fixed weights on z (a map head: every weight),
-        # so that a loss that conditions on the wrong token or detaches z shows.
+        # A head that reads nothing (HeadConfig.condition 'none': its weights on z zero and frozen), or one that
+        # denoises whole maps (HeadConfig.network 'map', one noise level per image), while the loss a student
+        # writes is HART's, per token: give the copy HART's recipe and MLP, with small fixed weights on z (a map
+        # head: every weight), so that a loss that conditions on the wrong token or detaches z shows.
         m.head_cfg = dataclasses.replace(m.head_cfg, condition="hidden+token", network="mlp", guided=True,
                                          stage_steps=0, sampled_tokens=True, true_token_share=0.0)
         g = torch.Generator().manual_seed(0)
