@@ -769,8 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
                  cmd_train_tokenizer, on_tokenizer=False)
     p.add_argument("--decoder-field", choices=DECODER_FIELDS, default=None,
                    help="what a decoded pixel sees: wide (the whole latent), near (its latent cell and the 8 around "
-                        "it) or local (its own cell, as at high resolution) (TokenizerConfig.decoder_field; default: "
-                        "the preset's, wide)")
+                        "it) or local (its own cell) (TokenizerConfig.decoder_field; default: the preset's: near "
+                        "for cpu, wide for smoke and gpu)")
     p = training(train, "hart", "train HART's transformer and residual head on a frozen tokenizer", cmd_train_hart)
     p.add_argument("--mode", choices=HEAD_MODES, default=None,
                    help="residual head: off, last (HART, the preset default), full (MAR-style), early")

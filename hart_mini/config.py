@@ -80,8 +80,9 @@ class TokenizerConfig:
     p_discrete: float = 0.5  # stage (b): chance that the decoder sees the discrete latent
     # What one output pixel of the decoder sees. wide: the encoder mirrored, whose 3x3 convolutions reach about
     # 13 latent cells, the whole 8x8 latent of a 32-px image. local: each latent cell decodes its own 4x4 patch
-    # (1x1 convolutions, then a 3x3 one at the pixels), as a decoder at 1 024 px sees a small part of its image.
-    # near: the same, but its first convolution reads the cell and its 8 neighbours (3x3 cells).
+    # (1x1 convolutions, then a 3x3 one at the pixels). near: the same, but its first convolution reads the cell
+    # and its 8 neighbours (3x3 cells). HART's own decoder (VAR's) has self-attention at the latent grid and sees
+    # its whole latent: narrowing the field is our toy's way to leave a residual the decoder cannot infer.
     # Measured in notebook 07, section 5: the less the decoder sees, the more the residual holds detail that the
     # tokens around it determine, and the worse the discrete path alone draws.
     decoder_field: str = "wide"
@@ -420,10 +421,11 @@ def _build(name: str) -> Preset:
     if name == "cpu":  # a laptop: each stage within minutes on 2 cores
         return Preset(
             name, data=DataConfig(image_size=32, train_size=50_000),
-            # A decoder whose pixels see their latent cell and the 8 around it (decoder_field "near"), as a pixel of
-            # HART's 1024-px decoder sees a small part of its latent: behind the whole-latent decoder ("wide") the
-            # residual was texture no head could predict; behind this one it holds detail the context determines,
-            # and the head draws it (issue 20, notebook 07, section 5)
+            # A decoder whose pixels see their latent cell and the 8 around it (decoder_field "near"): behind the
+            # whole-latent decoder ("wide") the 32-px residual was texture no head could predict, the decoder
+            # drawing all the tokens determine; behind this one it holds detail the context determines, and the
+            # head draws it (issue 20, notebook 07, section 5). HART's decoder sees its whole latent; at 1 024 px
+            # its tokens lose more than it can infer, which a 32-px toy must arrange by narrowing the field
             tokenizer=TokenizerConfig(channels=64, latent_channels=16, codebook_size=512, decoder_field="near"),
             tokenizer_train=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=200),
             decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
