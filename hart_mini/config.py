@@ -424,8 +424,7 @@ def _build(name: str) -> Preset:
             # A decoder whose pixels see their latent cell and the 8 around it (decoder_field "near"): behind the
             # whole-latent decoder ("wide") the 32-px residual was texture no head could predict, the decoder
             # drawing all the tokens determine; behind this one it holds detail the context determines, and the
-            # head draws it (issue 20, notebook 07, section 5). HART's decoder sees its whole latent; at 1 024 px
-            # its tokens lose more than it can infer, which a 32-px toy must arrange by narrowing the field
+            # head draws it (issue 20, notebook 07, section 5; why a narrow field: TokenizerConfig.decoder_field)
             tokenizer=TokenizerConfig(channels=64, latent_channels=16, codebook_size=512, decoder_field="near"),
             tokenizer_train=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=200),
             decoder_train=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=20, checkpoint_every=200),
