@@ -267,6 +267,11 @@ class HeadConfig:
     # ones (the true token's); scaling the draw keeps its shape (where and which way it adds detail), while a
     # lower temperature pulls every draw toward the head's mean and loses the detail (notebook 07, section 5).
     draw_scale: float = 1.0
+    # The head's guidance as a share of the logits' last ramp value: the head's draws are guided with
+    # t = guidance_share * t_K (training never reads it). 1 = HART's (the same t as the last scale's logits);
+    # 0 = the conditional branch alone (as guided=False, at twice the cost). Full guidance gives the best FD,
+    # but on plain objects it draws mottle that reads as dots (notebook 07, section 5).
+    guidance_share: float = 1.0
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -310,6 +315,9 @@ class HeadConfig:
         require(isinstance(self.draw_scale, (int, float)) and not isinstance(self.draw_scale, bool)
                 and 0 <= self.draw_scale < math.inf, "draw_scale", self.draw_scale,
                 "a finite number >= 0 (1 = the head's draw as it comes)")
+        require(isinstance(self.guidance_share, (int, float)) and not isinstance(self.guidance_share, bool)
+                and 0 <= self.guidance_share < math.inf, "guidance_share", self.guidance_share,
+                "a finite number >= 0 (1 = the logits' guidance, HART's)")
 
     def for_mode(self, mode: str) -> HeadConfig:
         """This head with another mode (the ablations' variants), the fields that mode cannot use set back to

@@ -32,6 +32,11 @@ term, the part a shift of the features' mean makes. And where the head's draw d 
 and, where the scene is the real one (own, true), d's rms on object cells and on background cells against the real
 residual's (measure/regions.py).
 
+Where the scene is the real one (own, true), the texture the judge reads on every object cell, against the true
+one: a confusion table (true x read: plain, striped, dotted) for head on and head off, and the paired texture
+gain (head on right - head off right, per object cell) with its SE. It shows which way the head moves textures:
+it restores dots and stripes the tokens lost, or paints mottle that reads as dots on a plain object.
+
 The head-on and head-off images of a seed share their tokens (the head draws after the last token), so
 their difference is the head's alone: per regime, the FD gain (head off - head on, seed by seed) with its sd
 over seeds, the noise a gain must beat. Noise otherwise: FD's sd over sampling seeds, binomial SE of accuracies.
@@ -53,14 +58,35 @@ from hart_mini.measure.evaluate import (
     judge_features,
     seed_spread,
 )
+from hart_mini.measure.judge import NONE, cell_targets
 from hart_mini.measure.metrics import frechet_mean_term, high_frequency_ratio
 from hart_mini.measure.regions import held_out_regions, region_sums
 from hart_mini.model.data import _NOISE_STD as PIXEL_NOISE_STD  # the data's per-pixel noise, in [0, 1] units
+from hart_mini.model.data import TEXTURES
 
 REGIONS = ("object", "background")
 
 REGIMES = ("free", "own", "true")
 COLUMNS = ("head_on", "head_off", "noise_control", "pixel_noise", "head_on_pixel_noise", "true_residual")
+
+
+TEXTURE_COLUMNS = ("head_on", "head_off")  # the columns whose texture reading is tabled (own, true)
+
+
+@torch.no_grad()
+def texture_reading(judge, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The texture the judge reads on every object cell of images (N, 3, H, W) in [0, 1], whose scenes are
+    `labels`' (N, LABEL_DIM): (confusion (T, T) counts, true texture x read texture; right (M,) 1.0 where
+    the reading is the true texture, one entry per object cell, in order)."""
+    device = next(judge.parameters()).device
+    read = torch.cat([judge.predict(images[i:i + 500].to(device) * 2 - 1)["texture"].cpu()
+                      for i in range(0, len(images), 500)])  # (N, 9)
+    target = cell_targets(labels.cpu())
+    occupied = target["shape"] != NONE  # (N, 9)
+    true, seen = target["texture"][occupied], read[occupied]  # (M,)
+    T = len(TEXTURES)
+    confusion = torch.bincount(true * T + seen, minlength=T * T).view(T, T)
+    return confusion, (true == seen).float()
 
 
 def forced_count(regime: str, K: int) -> int:
@@ -191,7 +217,8 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
     seeds); and the real residual's rms. One forward pass per (regime, seed) serves every column.
     examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`.
     head_noise: s, the head-on column adds s times the noise control's noise to the head's draw (draw_regime).
-    The head samples with the model's HeadConfig (steps, temperature, draw_scale), recorded in head_sampling."""
+    The head samples with the model's HeadConfig (steps, temperature, draw_scale, guidance_share), recorded in
+    head_sampling."""
     if model.mode != "last":
         raise ValueError(f"head mode {model.mode!r}: diagnose head needs a HART whose head draws the last "
                          "scale's residual (mode 'last')")
@@ -207,7 +234,8 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
     table: dict = {"n": n, "seeds": list(seeds), "cfg": cfg_scale, "scales": list(model.scales),
                    "head_sampling": {"steps": model.head_cfg.sampling_steps,
                                      "temperature": model.head_cfg.temperature, "added_noise": head_noise,
-                                     "scale": model.head_cfg.draw_scale},
+                                     "scale": model.head_cfg.draw_scale,
+                                     "guidance_share": model.head_cfg.guidance_share},
                    "real_residual_rms": round(stats["rms"], 4),
                    "real_residual_split": {k: round(v, 4) for k, v in stats["split"].items()},
                    "real_residual_by_region": {k: round(v, 4) for k, v in stats["by_region"].items()}, "regimes": {}}
@@ -216,6 +244,7 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
         rows = {c: [] for c in COLUMNS}
         head = {"rms": [], "size_ratio": [], "cosine": [], **{f"split_{name}": [] for name in SPLIT},
                 **{f"rms_{name}": [] for name in REGIONS}}
+        confusion, right = {c: 0 for c in TEXTURE_COLUMNS}, {c: [] for c in TEXTURE_COLUMNS}
         for seed in seeds:
             drawn = draw_regime(model, real, regime, cfg_scale, seed, batch_size, stats["factor"], head_noise,
                                 regions)
@@ -227,6 +256,10 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                 row["hf_ratio"] = round(high_frequency_ratio(images * 2 - 1, real["image"]), 4)
                 row["fd_mean"] = frechet_mean_term(judge_features(judge, images * 2 - 1), real_features)
                 rows[column].append(row)
+                if regime != "free" and column in TEXTURE_COLUMNS:  # the scene is the real one: read each object
+                    counts_read, hits = texture_reading(judge, images, real["labels"])
+                    confusion[column] = confusion[column] + counts_read
+                    right[column].append(hits)
             s = drawn["sums"]
             head["rms"].append(math.sqrt(s["d2"] / s["count"]))
             for name in SPLIT:
@@ -255,6 +288,11 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                               ("fd_gain_with_grain", "head_on_pixel_noise", "pixel_noise")):
             gain, gain_sd = seed_spread([b["fd"] - a["fd"] for a, b in zip(rows[on], rows[off])])
             cells[name], cells[f"{name}_sd"] = round(gain, 4), round(gain_sd, 4)
+        if regime != "free":  # per object cell, paired: the same scenes and tokens with the head on and off
+            gain = torch.cat(right["head_on"]) - torch.cat(right["head_off"])  # (seeds x object cells,)
+            cells["texture_confusion"] = {c: confusion[c].tolist() for c in TEXTURE_COLUMNS}
+            cells["texture_gain"] = round(float(gain.mean()), 4)
+            cells["texture_gain_se"] = round(float(gain.std() / math.sqrt(len(gain))), 4)
         for name, values in head.items():
             if values:
                 mean, sd = seed_spread(values)
@@ -270,6 +308,8 @@ def format_table(table: dict) -> str:
     how = f"; the head in {drawn['steps']} steps at temperature {drawn['temperature']:g}" if drawn else ""
     if drawn and drawn.get("scale", 1) != 1:
         how += f", its draw x {drawn['scale']:g}"
+    if drawn and drawn.get("guidance_share", 1) != 1:
+        how += f", guided at {drawn['guidance_share']:g} x the logits' guidance"
     if drawn and drawn.get("added_noise"):
         how += f", plus {drawn['added_noise']:g} x the noise control's noise"
     lines = [f"diagnose head: N = {table['n']} x {len(table['seeds'])} seeds, cfg {table['cfg']}{how}; "
@@ -300,6 +340,12 @@ def format_table(table: dict) -> str:
             lines.append("        head draw by scale (rms): " + ", ".join(
                 f"{name} {cells[f'head_split_{name}']:.3f}" for name in SPLIT) + "; the real residual's: "
                 + ", ".join(f"{name} {real[name]:.3f}" for name in SPLIT))
+        if "texture_confusion" in cells:
+            lines.append(f"        texture per object cell, on - off (paired) {cells['texture_gain']:+.4f} "
+                         f"±{cells['texture_gain_se']:.4f}; read as (" + ", ".join(TEXTURES) + ") when true is:")
+            for column, table_ in cells["texture_confusion"].items():
+                lines.append(f"          {column:<9}" + "; ".join(
+                    f"{name} {row}" for name, row in zip(TEXTURES, table_)))
         if "head_rms_object" in cells:
             real = table["real_residual_by_region"]
             lines.append(f"        head rms on object cells {cells['head_rms_object']:.3f}, on background cells "

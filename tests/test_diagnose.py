@@ -112,6 +112,16 @@ def test_diagnose_head_gives_every_regime_and_column_with_shared_tokens():
     for cells in table["regimes"].values():  # the paired FD gain: off - on, seed by seed
         gains = [off - on for on, off in zip(cells["head_on"]["fd_seeds"], cells["head_off"]["fd_seeds"])]
         assert len(gains) == 2 and abs(cells["fd_gain"] - sum(gains) / 2) < 1e-3
+    # the texture reading: every object cell of every seed once per column, the paired gain its diagonals' difference
+    objects = int((diagnose_head.cell_targets(diagnose_head.held_out(PRESET.data, 6)["labels"])["shape"]
+                   != diagnose_head.NONE).sum())
+    assert "texture_confusion" not in table["regimes"]["free"]
+    for regime in ("own", "true"):
+        cells = table["regimes"][regime]
+        on, off = (torch.tensor(cells["texture_confusion"][c]) for c in ("head_on", "head_off"))
+        assert on.shape == (3, 3) and int(on.sum()) == int(off.sum()) == 2 * objects
+        assert abs(cells["texture_gain"] - float(on.trace() - off.trace()) / (2 * objects)) < 1e-4
+        assert cells["texture_gain_se"] >= 0
     # with every token true, the head-off image is the tokenizer's discrete reconstruction, exactly
     real = diagnose_head.held_out(PRESET.data, 6)
     drawn = diagnose_head.draw_regime(model, real, "true", 3.0, seed=0, batch_size=3)
@@ -166,6 +176,10 @@ def test_a_head_that_adds_nothing_measures_zero_and_matches_head_off(monkeypatch
         assert cells["head_on_pixel_noise"]["fd"] == cells["pixel_noise"]["fd"] and cells["fd_gain_with_grain"] == 0
         assert all(cells.get(f"head_rms_{k}", 0) == 0 for k in diagnose_head.REGIONS)
     assert table["regimes"]["true"]["head_cosine"] == 0
+    for regime in ("own", "true"):  # the same images: the same texture readings
+        cells = table["regimes"][regime]
+        assert cells["texture_confusion"]["head_on"] == cells["texture_confusion"]["head_off"]
+        assert cells["texture_gain"] == 0 and cells["texture_gain_se"] == 0
 
 
 def test_head_noise_adds_the_controls_mottle_to_the_head_column_alone(monkeypatch):
@@ -286,7 +300,8 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--head-temperature", "0.5", "--head-sampling-steps", "3"]) == 0
     assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5,
-                                                              "added_noise": 0.0, "scale": 1.0} != shipped
+                                                              "added_noise": 0.0, "scale": 1.0,
+                                                              "guidance_share": 1.0} != shipped
     assert "the head in 3 steps at temperature 0.5" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--overwrite", "--head-noise", "0.5"]) == 0
@@ -299,6 +314,11 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert json.loads(again.read_text())["head_sampling"]["scale"] == 0.5
     assert "its draw x 0.5" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--head-scale", "-0.1"]) == 2
+    assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
+                 "--overwrite", "--head-guidance-share", "0.25"]) == 0
+    assert json.loads(again.read_text())["head_sampling"]["guidance_share"] == 0.25
+    assert "guided at 0.25 x the logits' guidance" in capsys.readouterr().err
+    assert main(["diagnose", "head", "--preset", "smoke", "--head-guidance-share", "-1"]) == 2
 
 
 def test_caption_edits_keep_the_words_and_change_what_is_asked():
@@ -371,3 +391,27 @@ def test_diagnose_text_command_prints_the_probe_and_refuses_a_figure(tmp_path, c
     assert "shipped diffusion" in result["model"] and result["columns"] == ["denoising"]
     assert main(["diagnose", "scales", "--model", "diffusion", "--preset", "smoke"]) == 2
     assert "--model diffusion" in capsys.readouterr().err
+
+
+def test_texture_reading_counts_each_object_cell_by_its_true_and_read_texture():
+    from hart_mini import diagnose_head
+
+    real = diagnose_head.held_out(PRESET.data, 5)
+    target = diagnose_head.cell_targets(real["labels"])
+    occupied = target["shape"] != diagnose_head.NONE
+
+    class Reads:  # a judge that reads every cell's texture as `texture`
+        def __init__(self, texture):
+            self.texture, self.weight = texture, torch.nn.Parameter(torch.zeros(1))
+
+        def parameters(self):
+            return iter([self.weight])
+
+        def predict(self, images):
+            return {"texture": torch.full((len(images), 9), self.texture)}
+
+    for texture in range(3):
+        confusion, right = diagnose_head.texture_reading(Reads(texture), real["image"] * 0.5 + 0.5, real["labels"])
+        truth = torch.bincount(target["texture"][occupied], minlength=3)
+        assert torch.equal(confusion[:, texture], truth) and int(confusion.sum()) == int(occupied.sum())
+        assert torch.equal(right, (target["texture"][occupied] == texture).float())

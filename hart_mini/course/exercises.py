@@ -154,24 +154,25 @@ def _loop_stages(out, hart) -> dict:
     return {**stages, "latent": out["latent"], "image": out["image"]}
 
 
-def _odd_steps(hart):
-    """The same HART (its modules shared) whose head samples in one step more than its config says: a loop
-    that reads hart.head_cfg.sampling_steps follows, one that hard-codes a count (HART's 8, say) shows, even
-    when the model's own count is that number."""
+def _odd_head_sampling(hart):
+    """The same HART (its modules shared) whose head samples in one step more than its config says, guided at
+    half its guidance share: a loop that reads hart.head_cfg.sampling_steps and guidance_share follows, one that
+    hard-codes them (HART's 8 steps, HART's full guidance) shows, even when the model's own values are those."""
     odd = copy.copy(hart)  # a shallow copy: its own attributes, the same modules and weights
-    odd.head_cfg = dataclasses.replace(hart.head_cfg, sampling_steps=hart.head_cfg.sampling_steps + 1)
+    odd.head_cfg = dataclasses.replace(hart.head_cfg, sampling_steps=hart.head_cfg.sampling_steps + 1,
+                                       guidance_share=hart.head_cfg.guidance_share / 2)
     return odd
 
 
 def _run_loop(fn: Callable, hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0) -> dict:
-    hart = _odd_steps(hart)
+    hart = _odd_head_sampling(hart)
     with torch.no_grad():
         return _loop_stages(fn(hart, prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed), hart)
 
 
 @torch.no_grad()
 def _loop_reference(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0) -> dict:
-    hart = _odd_steps(hart)  # as _run_loop gives the answer
+    hart = _odd_head_sampling(hart)  # as _run_loop gives the answer
     out = hart.sample_latent(prompts, cfg_scale=cfg_scale, top_k=top_k, top_p=top_p, seed=seed)
     return _loop_stages({**out, "image": hart.decode(out)}, hart)
 
