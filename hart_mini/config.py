@@ -444,10 +444,13 @@ def _build(name: str) -> Preset:
                                           adaln_gate=1.0, layout_steps=2000, layout_scales=4),
             # The head that samples: HART's (it reads z = norm(h + word_embed(e(r_K))), 8 guided DDIM steps),
             # trained 300 steps alone after the transformer, on the true last-scale tokens (notebook 07, section 5;
-            # 16 steps drew the same images). The transformer trains on CE alone (loss_weight 0): without HART's
-            # joint head term a step is a fifth cheaper, and the 3 400 steps that fit the time of 2 800 joint ones
-            # help more than the term does (notebook 09, section 7)
-            head=HeadConfig(true_token_share=1.0, stage_steps=300, sampling_steps=8, loss_weight=0.0),
+            # 16 steps drew the same images), guided at a third of the logits' guidance (t = 1 at cfg 3; HART's
+            # full guidance drew mottle that reads as dots on plain objects: texture fell where it should rise).
+            # The transformer trains on CE alone (loss_weight 0): without HART's joint head term a step is a fifth
+            # cheaper, and the 3 400 steps that fit the time of 2 800 joint ones help more than the term does
+            # (notebook 09, section 7)
+            head=HeadConfig(true_token_share=1.0, stage_steps=300, sampling_steps=8, loss_weight=0.0,
+                            guidance_share=1 / 3),
             # Half the training images hold two objects (the data's own mix, which every evaluation keeps, is 35 %):
             # a two-object scene's last scale must bind each shape to its object, and learns it from these scenes
             # alone (notebook 09, section 7)
