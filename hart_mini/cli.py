@@ -308,9 +308,9 @@ def add_head_sampler_options(p, default: str) -> None:
     p.add_argument("--head-draw-scale", "--head-scale", dest="head_draw_scale", type=non_negative, default=None,
                    help=f"multiply the head's draw by this, its shape kept; 1 = as it comes "
                         f"(HeadConfig.draw_scale; default: {default})")
-    p.add_argument("--head-guidance-share", type=non_negative, default=None,
-                   help=f"guide the head's draws with this share of the logits' last guidance t_K: 1 = the same "
-                        f"(HART's), 0 = the conditional branch alone (HeadConfig.guidance_share; default: {default})")
+    p.add_argument("--head-cfg", type=non_negative, default=None,
+                   help=f"the head's own guidance scale t, whatever the logits' cfg; 0 = the conditional branch "
+                        f"alone (HeadConfig.cfg_scale; default: {default}; None there = the logits' t, HART's)")
 
 
 def head_network(args) -> dict:
@@ -319,7 +319,7 @@ def head_network(args) -> dict:
     return {"network": args.head_network, "width": args.head_width, "depth": args.head_depth, "guided": guided,
             "map_conv": args.head_conv, "sampling_steps": args.head_sampling_steps,
             "temperature": args.head_temperature, "draw_scale": args.head_draw_scale,
-            "guidance_share": args.head_guidance_share}
+            "cfg_scale": args.head_cfg}
 
 
 def cmd_train_hart(args) -> dict:
@@ -517,7 +517,7 @@ def cmd_diagnose(args) -> dict:
 
         seeds = [args.seed] if args.seeds is None else args.seeds
         knobs = {"sampling_steps": args.head_sampling_steps, "temperature": args.head_temperature,
-                 "draw_scale": args.head_draw_scale, "guidance_share": args.head_guidance_share}
+                 "draw_scale": args.head_draw_scale, "cfg_scale": args.head_cfg}
         model.head_cfg = dataclasses.replace(model.head_cfg, **{k: v for k, v in knobs.items() if v is not None})
         examples = {}
         table = diagnose_head.head_table(model, judge, data, args.n, tuple(seeds), args.cfg, examples=examples,

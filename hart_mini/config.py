@@ -267,11 +267,11 @@ class HeadConfig:
     # ones (the true token's); scaling the draw keeps its shape (where and which way it adds detail), while a
     # lower temperature pulls every draw toward the head's mean and loses the detail (notebook 07, section 5).
     draw_scale: float = 1.0
-    # The head's guidance as a share of the logits' last ramp value: the head's draws are guided with
-    # t = guidance_share * t_K (training never reads it). 1 = HART's (the same t as the last scale's logits);
-    # 0 = the conditional branch alone (as guided=False, at twice the cost). Full guidance gives the best FD,
-    # but on plain objects it draws mottle that reads as dots (notebook 07, section 5).
-    guidance_share: float = 1.0
+    # The head's own guidance scale t: its draws are (1 + t) cond - t uncond whatever the logits' cfg (training
+    # never reads it). None = the logits' t at the last scale, cfg_scale itself (HART's); 0 = the conditional
+    # branch alone (as guided=False, at twice the cost). The logits' guidance at cfg 3 gives the best FD, but on
+    # plain objects the head then draws mottle that reads as dots (notebook 07, section 5).
+    cfg_scale: float | None = None
 
     def __post_init__(self):
         require(self.mode in HEAD_MODES, "mode", self.mode, f"one of {HEAD_MODES}")
@@ -315,9 +315,9 @@ class HeadConfig:
         require(isinstance(self.draw_scale, (int, float)) and not isinstance(self.draw_scale, bool)
                 and 0 <= self.draw_scale < math.inf, "draw_scale", self.draw_scale,
                 "a finite number >= 0 (1 = the head's draw as it comes)")
-        require(isinstance(self.guidance_share, (int, float)) and not isinstance(self.guidance_share, bool)
-                and 0 <= self.guidance_share < math.inf, "guidance_share", self.guidance_share,
-                "a finite number >= 0 (1 = the logits' guidance, HART's)")
+        require(self.cfg_scale is None or (isinstance(self.cfg_scale, (int, float))
+                and not isinstance(self.cfg_scale, bool) and 0 <= self.cfg_scale < math.inf), "cfg_scale",
+                self.cfg_scale, "None (the logits' guidance, HART's) or a finite number >= 0")
 
     def for_mode(self, mode: str) -> HeadConfig:
         """This head with another mode (the ablations' variants), the fields that mode cannot use set back to
@@ -444,13 +444,13 @@ def _build(name: str) -> Preset:
                                           adaln_gate=1.0, layout_steps=2000, layout_scales=4),
             # The head that samples: HART's (it reads z = norm(h + word_embed(e(r_K))), 8 guided DDIM steps),
             # trained 300 steps alone after the transformer, on the true last-scale tokens (notebook 07, section 5;
-            # 16 steps drew the same images), guided at a third of the logits' guidance (t = 1 at cfg 3; HART's
-            # full guidance drew mottle that reads as dots on plain objects: texture fell where it should rise).
+            # 16 steps drew the same images), guided at its own t = 1 (HART guides it as the logits, t = 3 at cfg 3,
+            # which drew mottle that reads as dots on plain objects: texture fell where it should rise).
             # The transformer trains on CE alone (loss_weight 0): without HART's joint head term a step is a fifth
             # cheaper, and the 3 400 steps that fit the time of 2 800 joint ones help more than the term does
             # (notebook 09, section 7)
             head=HeadConfig(true_token_share=1.0, stage_steps=300, sampling_steps=8, loss_weight=0.0,
-                            guidance_share=1 / 3),
+                            cfg_scale=1.0),
             # Half the training images hold two objects (the data's own mix, which every evaluation keeps, is 35 %):
             # a two-object scene's last scale must bind each shape to its object, and learns it from these scenes
             # alone (notebook 09, section 7)

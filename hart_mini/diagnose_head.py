@@ -217,7 +217,7 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
     seeds); and the real residual's rms. One forward pass per (regime, seed) serves every column.
     examples: a dict to fill with the first seed's first 8 images of every cell, for `figure`.
     head_noise: s, the head-on column adds s times the noise control's noise to the head's draw (draw_regime).
-    The head samples with the model's HeadConfig (steps, temperature, draw_scale, guidance_share), recorded in
+    The head samples with the model's HeadConfig (steps, temperature, draw_scale, cfg_scale), recorded in
     head_sampling."""
     if model.mode != "last":
         raise ValueError(f"head mode {model.mode!r}: diagnose head needs a HART whose head draws the last "
@@ -235,7 +235,7 @@ def head_table(model, judge, data_config, n: int = 1000, seeds: tuple[int, ...] 
                    "head_sampling": {"steps": model.head_cfg.sampling_steps,
                                      "temperature": model.head_cfg.temperature, "added_noise": head_noise,
                                      "scale": model.head_cfg.draw_scale,
-                                     "guidance_share": model.head_cfg.guidance_share},
+                                     "cfg_scale": model.head_cfg.cfg_scale},
                    "real_residual_rms": round(stats["rms"], 4),
                    "real_residual_split": {k: round(v, 4) for k, v in stats["split"].items()},
                    "real_residual_by_region": {k: round(v, 4) for k, v in stats["by_region"].items()}, "regimes": {}}
@@ -308,7 +308,9 @@ def format_table(table: dict) -> str:
     how = f"; the head in {drawn['steps']} steps at temperature {drawn['temperature']:g}" if drawn else ""
     if drawn and drawn.get("scale", 1) != 1:
         how += f", its draw x {drawn['scale']:g}"
-    if drawn and drawn.get("guidance_share", 1) != 1:
+    if drawn and drawn.get("cfg_scale") is not None:
+        how += f", guided at its own cfg {drawn['cfg_scale']:g}"
+    if drawn and drawn.get("guidance_share", 1) != 1:  # tables read with the share of 2026-12-07
         how += f", guided at {drawn['guidance_share']:g} x the logits' guidance"
     if drawn and drawn.get("added_noise"):
         how += f", plus {drawn['added_noise']:g} x the noise control's noise"

@@ -158,7 +158,7 @@ def test_head_network_options_reach_the_head_stage_and_the_training(monkeypatch,
     monkeypatch.setattr(hart_mini.train, "train_hart", lambda preset, *a, **k: seen.setdefault("hart", preset) and {})
     options = ["--head-network", "map", "--head-width", "24", "--head-depth", "2", "--head-guidance", "off",
                "--head-sampling-steps", "5", "--true-token-share", "0.25", "--head-conv", "depthwise",
-               "--head-temperature", "0.75", "--head-draw-scale", "0.8", "--head-guidance-share", "0.5"]
+               "--head-temperature", "0.75", "--head-draw-scale", "0.8", "--head-cfg", "0.5"]
     assert main(["train", "head", "--preset", "smoke", "--out", str(tmp_path / "h"), "--source", str(tmp_path),
                  "--steps", "7", *options]) == 0
     assert main(["train", "hart", "--preset", "smoke", "--out", str(tmp_path / "j"), "--head-stage-steps", "7",
@@ -166,13 +166,13 @@ def test_head_network_options_reach_the_head_stage_and_the_training(monkeypatch,
     for preset in seen.values():
         head = preset.head
         assert (head.network, head.width, head.depth, head.guided, head.sampling_steps, head.true_token_share,
-                head.stage_steps, head.map_conv, head.temperature, head.draw_scale, head.guidance_share) == (
+                head.stage_steps, head.map_conv, head.temperature, head.draw_scale, head.cfg_scale) == (
             "map", 24, 2, False, 5, 0.25, 7, "depthwise", 0.75, 0.8, 0.5)
     from hart_mini.config import get_preset
 
     smoke = get_preset("smoke").head  # the flags differ from the preset's, so the check above can fail
     assert (smoke.network, smoke.width, smoke.guided, smoke.sampling_steps, smoke.map_conv, smoke.temperature,
-            smoke.draw_scale, smoke.guidance_share) != ("map", 24, False, 5, "depthwise", 0.75, 0.8, 0.5)
+            smoke.draw_scale, smoke.cfg_scale) != ("map", 24, False, 5, "depthwise", 0.75, 0.8, 0.5)
     seen.clear()
     assert main(["train", "head", "--preset", "smoke", "--out", str(tmp_path / "k"), "--source", str(tmp_path),
                  "--steps", "7"]) == 0

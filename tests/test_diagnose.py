@@ -301,7 +301,7 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
                  "--head-temperature", "0.5", "--head-sampling-steps", "3"]) == 0
     assert json.loads(again.read_text())["head_sampling"] == {"steps": 3, "temperature": 0.5,
                                                               "added_noise": 0.0, "scale": 1.0,
-                                                              "guidance_share": 1.0} != shipped
+                                                              "cfg_scale": shipped["cfg_scale"]} != shipped
     assert "the head in 3 steps at temperature 0.5" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
                  "--overwrite", "--head-noise", "0.5"]) == 0
@@ -315,10 +315,10 @@ def test_diagnose_head_command_prints_the_table_and_writes_json_and_figure(tmp_p
     assert "its draw x 0.5" in capsys.readouterr().err
     assert main(["diagnose", "head", "--preset", "smoke", "--head-scale", "-0.1"]) == 2
     assert main(["diagnose", "head", "--preset", "smoke", "--n", "4", "--device", "cpu", "--json", str(again),
-                 "--overwrite", "--head-guidance-share", "0.25"]) == 0
-    assert json.loads(again.read_text())["head_sampling"]["guidance_share"] == 0.25
-    assert "guided at 0.25 x the logits' guidance" in capsys.readouterr().err
-    assert main(["diagnose", "head", "--preset", "smoke", "--head-guidance-share", "-1"]) == 2
+                 "--overwrite", "--head-cfg", "0.25"]) == 0
+    assert json.loads(again.read_text())["head_sampling"]["cfg_scale"] == 0.25
+    assert "guided at its own cfg 0.25" in capsys.readouterr().err
+    assert main(["diagnose", "head", "--preset", "smoke", "--head-cfg", "-1"]) == 2
 
 
 def test_caption_edits_keep_the_words_and_change_what_is_asked():

@@ -919,8 +919,8 @@ def _loop(hart, prompts, cfg_scale=3.0, top_k=0, top_p=1.0, seed=0, style="plain
     else:
         z = hart.cond_norm(h + tf.word_embed(torch.cat([e, e]))).flatten(0, 1)
 
-    if mistake != "the head guided as hard as the logits":
-        t = hart.head_cfg.guidance_share * t  # the head's guidance: a share of the last scale's
+    if mistake != "the head guided as the logits" and hart.head_cfg.cfg_scale is not None:
+        t = hart.head_cfg.cfg_scale  # the head's own guidance
 
     def head(x_t, step):
         if mistake == "head without guidance":
@@ -967,7 +967,7 @@ def build_08_1():
     right = {style: _loop_fn(style=style) for style in LOOP_STYLES}
     wrong = {mistake: _loop_fn(mistake=mistake)
              for mistake in ("no guidance ramp", "ramp over K, not K - 1", "no top-k / top-p",
-                             "HART's 8 head steps, not the model's", "the head guided as hard as the logits",
+                             "HART's 8 head steps, not the model's", "the head guided as the logits",
                              "phi at the last scale",
                              "residual_scale forgotten", "tokens from the global RNG", "images left in [-1, 1]")}
     return given, right, wrong

@@ -395,23 +395,24 @@ def test_the_draw_scale_multiplies_the_heads_draw_and_changes_nothing_else(netwo
 
 
 @pytest.mark.parametrize("network", ["mlp", "map"])
-def test_the_heads_guidance_share_scales_its_guidance_and_zero_draws_from_the_conditional_branch(network):
+def test_the_heads_own_cfg_replaces_the_logits_guidance_and_zero_draws_from_the_conditional_branch(network):
     model = _model_whose_head_reads_its_inputs(network)
     B, n = len(HEAD_PROMPTS), model.scales[-1] ** 2
     D = model.sample_latent(HEAD_PROMPTS, seed=0)["h"].shape[-1]
     z = torch.randn(2 * B, n, D, generator=torch.Generator().manual_seed(0))  # [cond; uncond], halves that differ
 
-    def draw(t_cfg, guided, share):
-        model.head_cfg = dataclasses.replace(model.head_cfg, guidance_share=share)
+    def draw(t_cfg, guided, head_cfg):
+        model.head_cfg = dataclasses.replace(model.head_cfg, cfg_scale=head_cfg)
         with torch.no_grad():
             return model._head_sample(z if guided else z[:B], t_cfg, guided, 4, torch.Generator().manual_seed(1))
 
-    conditional = draw(3.0, False, 1.0)
-    assert torch.allclose(draw(3.0, True, 0.0), conditional, atol=1e-5), "share 0: the conditional branch alone"
-    assert torch.equal(draw(3.0, True, 1 / 3), draw(1.0, True, 1.0)), "t_head = share * t_cfg"
-    assert not torch.allclose(draw(3.0, True, 1.0), draw(3.0, True, 1 / 3))
-    assert not torch.allclose(draw(3.0, True, 1 / 3), conditional)
-    assert torch.equal(draw(3.0, False, 0.5), conditional), "unguided: the share is not read"
+    conditional = draw(3.0, False, None)
+    assert torch.allclose(draw(3.0, True, 0.0), conditional, atol=1e-5), "cfg 0: the conditional branch alone"
+    assert torch.equal(draw(3.0, True, 1.0), draw(1.0, True, None)), "its own t, whatever the logits' t_cfg"
+    assert torch.equal(draw(3.0, True, 1.0), draw(6.0, True, 1.0))
+    assert not torch.allclose(draw(3.0, True, None), draw(3.0, True, 1.0))
+    assert not torch.allclose(draw(3.0, True, 1.0), conditional)
+    assert torch.equal(draw(3.0, False, 0.5), conditional), "unguided: its cfg is not read"
 
 
 def test_train_head_gives_a_trained_hart_a_fresh_head_and_keeps_its_transformer(tmp_path):

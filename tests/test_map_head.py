@@ -118,8 +118,8 @@ def test_the_config_keeps_the_map_head_to_the_last_scale_and_whole_maps():
     for bad in (-0.1, True, "1", float("inf"), float("nan")):
         with pytest.raises(ValueError, match="draw_scale"):
             HeadConfig(draw_scale=bad)
-        with pytest.raises(ValueError, match="guidance_share"):
-            HeadConfig(guidance_share=bad)
+        with pytest.raises(ValueError, match="cfg_scale"):
+            HeadConfig(cfg_scale=bad)
     head = HeadConfig(network="map", map_conv="depthwise", guided=False)
     assert head.for_mode("full").network == "mlp" and head.for_mode("full").map_conv == "full"
     assert head.for_mode("last") == head

@@ -155,12 +155,12 @@ def _loop_stages(out, hart) -> dict:
 
 
 def _odd_head_sampling(hart):
-    """The same HART (its modules shared) whose head samples in one step more than its config says, guided at
-    half its guidance share: a loop that reads hart.head_cfg.sampling_steps and guidance_share follows, one that
-    hard-codes them (HART's 8 steps, HART's full guidance) shows, even when the model's own values are those."""
+    """The same HART (its modules shared) whose head samples in one step more than its config says, and guided at
+    its own cfg 0.5: a loop that reads hart.head_cfg.sampling_steps and cfg_scale follows, one that hard-codes
+    them (HART's 8 steps, the logits' guidance) shows, even when the model's own values are those."""
     odd = copy.copy(hart)  # a shallow copy: its own attributes, the same modules and weights
     odd.head_cfg = dataclasses.replace(hart.head_cfg, sampling_steps=hart.head_cfg.sampling_steps + 1,
-                                       guidance_share=hart.head_cfg.guidance_share / 2)
+                                       cfg_scale=0.5)
     return odd
 
 

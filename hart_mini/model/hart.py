@@ -365,8 +365,8 @@ class HART(nn.Module):
     def _head_sample(self, z: torch.Tensor, t_cfg: float, guided: bool, sampling_steps: int,
                      generator: torch.Generator) -> torch.Tensor:
         """Draw the head's output for every token of z (B', n, D) -> (B, n, C), in latent units.
-        With guidance, cond and uncond halves share the noise x_t: out = (1 + t) cond - t uncond, where
-        t = guidance_share * t_cfg (HeadConfig; t_cfg is the logits' guidance at this scale).
+        With guidance, cond and uncond halves share the noise x_t: out = (1 + t) cond - t uncond, where t is
+        the head's own HeadConfig.cfg_scale, or t_cfg (the logits' guidance at this scale) where that is None.
         (Notebook 10's profiler times the head through this method's name.)"""
         B = z.shape[0] // 2 if guided else z.shape[0]
         n, C = z.shape[1], self.tokenizer.cfg.latent_channels
@@ -377,7 +377,7 @@ class HART(nn.Module):
                 return self.head(x, t, zf)
             return mix_guidance(self.head(torch.cat([x, x]), torch.cat([t, t]), zf), t_head)  # fp32
 
-        t_head = self.head_cfg.guidance_share * t_cfg
+        t_head = t_cfg if self.head_cfg.cfg_scale is None else self.head_cfg.cfg_scale
 
         x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
                               self.head_cfg.sampler, generator, z.device, temperature=self.head_cfg.temperature)
