@@ -321,11 +321,11 @@ class HeadConfig:
 
     def for_mode(self, mode: str) -> HeadConfig:
         """This head with another mode (the ablations' variants), the fields that mode cannot use set back to
-        their defaults: no head stage without a head, HART's condition and MLP and no token subsampling for
-        the 'full' and 'early' heads."""
+        their defaults: no head stage without a head, HART's condition, MLP and guidance (the logits' t at every
+        scale it draws) and no token subsampling for the 'full' and 'early' heads."""
         changes: dict = {"mode": mode}
         if mode != "last":
-            changes.update(condition="hidden+token", network="mlp", map_conv="full")
+            changes.update(condition="hidden+token", network="mlp", map_conv="full", cfg_scale=None)
         if mode == "off":
             changes["stage_steps"] = 0
         if mode in ("full", "early"):

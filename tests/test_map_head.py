@@ -120,8 +120,9 @@ def test_the_config_keeps_the_map_head_to_the_last_scale_and_whole_maps():
             HeadConfig(draw_scale=bad)
         with pytest.raises(ValueError, match="cfg_scale"):
             HeadConfig(cfg_scale=bad)
-    head = HeadConfig(network="map", map_conv="depthwise", guided=False)
+    head = HeadConfig(network="map", map_conv="depthwise", guided=False, cfg_scale=1.0)
     assert head.for_mode("full").network == "mlp" and head.for_mode("full").map_conv == "full"
+    assert head.for_mode("early").cfg_scale is None, "the ablations' heads are guided as HART's, with the ramp"
     assert head.for_mode("last") == head
 
 
