@@ -371,13 +371,12 @@ class HART(nn.Module):
         B = z.shape[0] // 2 if guided else z.shape[0]
         n, C = z.shape[1], self.tokenizer.cfg.latent_channels
         zf = z.flatten(0, 1)  # (B' n, D): the head sees one token at a time
+        t_head = t_cfg if self.head_cfg.cfg_scale is None else self.head_cfg.cfg_scale
 
         def model(x, t):
             if not guided:
                 return self.head(x, t, zf)
             return mix_guidance(self.head(torch.cat([x, x]), torch.cat([t, t]), zf), t_head)  # fp32
-
-        t_head = t_cfg if self.head_cfg.cfg_scale is None else self.head_cfg.cfg_scale
 
         x0 = diffusion_sample(model, (B * n, C), self.schedule, sampling_steps, self.head_cfg.prediction,
                               self.head_cfg.sampler, generator, z.device, temperature=self.head_cfg.temperature)
